@@ -1,0 +1,188 @@
+//! Read-through lookup cache: concurrent misses for one key share one load,
+//! the loader chooses each entry's TTL, errors are never cached, and an
+//! optional last-good copy serves while the source is down.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::control_plane::LookupError;
+
+/// A value with the TTL its loader chose.
+#[derive(Clone)]
+struct Timed<V> {
+    value: V,
+    ttl: Duration,
+}
+
+/// Expires each entry after its own TTL plus a fixed extra (zero for fresh
+/// entries, the stale-if-error window for last-good copies).
+struct PerEntry {
+    extra: Duration,
+}
+
+impl<V> Expiry<String, Timed<V>> for PerEntry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Timed<V>,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl + self.extra)
+    }
+}
+
+pub struct ReadThrough<V> {
+    fresh: Cache<String, Timed<V>>,
+    /// Copies that outlive `fresh` by the stale-if-error window.
+    last_good: Option<Cache<String, Timed<V>>>,
+}
+
+impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
+    /// `stale_if_error`: how long after expiry a value may still answer when
+    /// loading fails transiently (`None`: never).
+    pub fn new(capacity: u64, stale_if_error: Option<Duration>) -> Self {
+        let build = |extra| {
+            Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(PerEntry { extra })
+                .build()
+        };
+        ReadThrough {
+            fresh: build(Duration::ZERO),
+            last_good: stale_if_error.filter(|d| !d.is_zero()).map(build),
+        }
+    }
+
+    /// Returns the cached value or runs `load`, which yields the value and its
+    /// TTL. Concurrent callers for one key wait for the same load.
+    pub async fn get<F>(&self, key: &str, load: F) -> Result<V, LookupError>
+    where
+        F: std::future::Future<Output = Result<(V, Duration), LookupError>>,
+    {
+        let loaded = self
+            .fresh
+            .try_get_with_by_ref(key, async {
+                let (value, ttl) = load.await?;
+                let timed = Timed { value, ttl };
+                if let Some(last_good) = &self.last_good {
+                    last_good.insert(key.to_string(), timed.clone()).await;
+                }
+                Ok::<_, LookupError>(timed)
+            })
+            .await;
+        match loaded {
+            Ok(timed) => Ok(timed.value),
+            Err(err) => {
+                if err.is_transient() {
+                    if let Some(stale) = self.stale(key).await {
+                        tracing::warn!(error = %err, "control plane unavailable; serving an expired entry");
+                        return Ok(stale);
+                    }
+                }
+                Err(Arc::unwrap_or_clone(err))
+            }
+        }
+    }
+
+    async fn stale(&self, key: &str) -> Option<V> {
+        self.last_good.as_ref()?.get(key).await.map(|t| t.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn concurrent_misses_load_once() {
+        let cache = Arc::new(ReadThrough::<u32>::new(100, None));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, wait) = tokio::sync::watch::channel(false);
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (cache, calls, mut wait) = (cache.clone(), calls.clone(), wait.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get("k", async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            wait.wait_for(|go| *go).await.unwrap();
+                            Ok((7, Duration::from_secs(60)))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        // Current-thread runtime: yielding lets every task run up to its wait.
+        tokio::task::yield_now().await;
+        release.send(true).unwrap();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), 7);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached() {
+        let cache = ReadThrough::<u32>::new(100, None);
+        let r = cache
+            .get("k", async { Err(LookupError::Unavailable("down".into())) })
+            .await;
+        assert!(r.is_err());
+        let r = cache
+            .get("k", async { Ok((1, Duration::from_secs(60))) })
+            .await;
+        assert_eq!(r.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn loader_chooses_ttl() {
+        let cache = ReadThrough::<u32>::new(100, None);
+        cache
+            .get("k", async { Ok((1, Duration::from_millis(30))) })
+            .await
+            .unwrap();
+        assert_eq!(
+            cache
+                .get("k", async { Ok((2, Duration::from_secs(60))) })
+                .await
+                .unwrap(),
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await; // let the TTL pass
+        assert_eq!(
+            cache
+                .get("k", async { Ok((2, Duration::from_secs(60))) })
+                .await
+                .unwrap(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_entry_serves_only_transient_errors_within_window() {
+        let cache = ReadThrough::<u32>::new(100, Some(Duration::from_millis(200)));
+        cache
+            .get("k", async { Ok((1, Duration::from_millis(20))) })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await; // expire the fresh entry
+        let r = cache
+            .get("k", async { Err(LookupError::Unavailable("down".into())) })
+            .await;
+        assert_eq!(r.unwrap(), 1);
+        let r = cache.get("k", async { Err(LookupError::NotFound) }).await;
+        assert!(
+            matches!(r, Err(LookupError::NotFound)),
+            "a definite answer is not hidden by stale data"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await; // past the stale window
+        let r = cache
+            .get("k", async { Err(LookupError::Unavailable("down".into())) })
+            .await;
+        assert!(r.is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! Client for the Daytona API's preview endpoints (SPEC 5): retries with
+//! backoff inside the client timeout, answers cached in front.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use serde::Deserialize;
+
+use super::{LookupError, Runner, Target};
+use crate::cache::ReadThrough;
+use crate::config::Config;
+
+const ATTEMPTS: u32 = 3;
+const BACKOFF_BASE: Duration = Duration::from_millis(150);
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
+const CACHE_CAPACITY: u64 = 100_000;
+
+pub struct DaytonaApi {
+    http: reqwest::Client,
+    /// Base URL without a trailing slash.
+    base: String,
+    /// `Bearer {PROXY_API_KEY}`.
+    auth: HeaderValue,
+    /// Limit for one lookup, retries included.
+    timeout: Duration,
+    runner_ttl: Duration,
+    public_ttl: Duration,
+    public: ReadThrough<bool>,
+    runners: ReadThrough<Target>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunnerJson {
+    proxy_url: Option<String>,
+    #[serde(default)]
+    api_key: String,
+}
+
+impl DaytonaApi {
+    pub fn new(config: &Config) -> anyhow::Result<DaytonaApi> {
+        let base = config
+            .api_url
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("DAYTONA_API_URL is not set"))?;
+        let mut auth =
+            HeaderValue::try_from(format!("Bearer {}", config.api_key)).map_err(|_| {
+                anyhow::anyhow!("PROXY_API_KEY: has characters not allowed in a header")
+            })?;
+        auth.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .timeout(config.api_client_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(DaytonaApi {
+            http,
+            base,
+            auth,
+            timeout: config.api_client_timeout,
+            runner_ttl: config.cache.runner_ttl,
+            public_ttl: config.cache.public_ttl,
+            public: ReadThrough::new(CACHE_CAPACITY, None),
+            runners: ReadThrough::new(CACHE_CAPACITY, Some(config.stale_if_error)),
+        })
+    }
+
+    /// `GET /preview/{id}/public`: 200 public, other definite 4xx private
+    /// (the API answers 404 for private and unknown alike).
+    pub async fn is_public(&self, sandbox_id: &str) -> Result<bool, LookupError> {
+        self.public
+            .get(sandbox_id, async {
+                let path = format!("/preview/{}/public", segment(sandbox_id));
+                let (status, _) = self
+                    .call(Method::GET, &path, "public-status lookup")
+                    .await?;
+                Ok((status.is_success(), self.public_ttl))
+            })
+            .await
+    }
+
+    /// `GET /runners/by-sandbox/{id}`: the runner's `proxyUrl` and `apiKey`.
+    pub async fn target(&self, sandbox_id: &str) -> Result<Target, LookupError> {
+        self.runners
+            .get(sandbox_id, async {
+                let path = format!("/runners/by-sandbox/{}", segment(sandbox_id));
+                let (status, body) = self.call(Method::GET, &path, "runner lookup").await?;
+                if status == StatusCode::NOT_FOUND {
+                    return Err(LookupError::NotFound);
+                }
+                if !status.is_success() {
+                    return Err(LookupError::Invalid(format!(
+                        "runner lookup answered {status}: {}",
+                        api_message(&body)
+                    )));
+                }
+                let runner: RunnerJson = serde_json::from_slice(&body).map_err(|e| {
+                    LookupError::Invalid(format!("runner lookup returned unparsable JSON: {e}"))
+                })?;
+                let proxy_url = runner.proxy_url.filter(|u| !u.is_empty()).ok_or_else(|| {
+                    LookupError::Invalid("the sandbox's runner has no proxyUrl".into())
+                })?;
+                let runner =
+                    Runner::new(&proxy_url, &runner.api_key).map_err(LookupError::Invalid)?;
+                Ok((Target::Runner(Arc::new(runner)), self.runner_ttl))
+            })
+            .await
+    }
+
+    /// One API call with retries. Returns any definite answer (2xx, or 4xx
+    /// other than 408/429); everything else is retried, then `Unavailable`.
+    /// `what` names the call in errors: paths can hold tokens, so they are
+    /// never put in messages.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        what: &str,
+    ) -> Result<(StatusCode, Bytes), LookupError> {
+        let url = format!("{}{}", self.base, path);
+        let attempts = async {
+            let mut delay = BACKOFF_BASE;
+            let mut last_error = String::new();
+            for attempt in 1..=ATTEMPTS {
+                let sent = self
+                    .http
+                    .request(method.clone(), &url)
+                    .header(http::header::AUTHORIZATION, self.auth.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(resp) if !is_retryable(resp.status()) => {
+                        let status = resp.status();
+                        match resp.bytes().await {
+                            Ok(body) => return Ok((status, body)),
+                            Err(e) => {
+                                last_error = format!(
+                                    "{what}: reading the answer failed: {}",
+                                    e.without_url()
+                                )
+                            }
+                        }
+                    }
+                    Ok(resp) => last_error = format!("{what} answered {}", resp.status()),
+                    Err(e) => last_error = format!("{what} failed: {}", e.without_url()),
+                }
+                if attempt < ATTEMPTS {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(BACKOFF_CAP);
+                }
+            }
+            Err(LookupError::Unavailable(last_error))
+        };
+        match tokio::time::timeout(self.timeout, attempts).await {
+            Ok(result) => result,
+            Err(_) => Err(LookupError::Unavailable(format!(
+                "{what} timed out after {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+fn is_retryable(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// The `message` of a Daytona error body, or a short prefix of the body.
+fn api_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ApiError {
+        message: serde_json::Value,
+    }
+    match serde_json::from_slice::<ApiError>(body) {
+        Ok(ApiError {
+            message: serde_json::Value::String(s),
+        }) => s,
+        Ok(ApiError { message }) => message.to_string(),
+        Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+    }
+}
+
+/// Percent-encodes one path segment (everything but unreserved characters).
+pub fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_encodes_everything_but_unreserved() {
+        assert_eq!(segment("abc-123_x.y~"), "abc-123_x.y~");
+        assert_eq!(segment("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
+    }
+
+    #[test]
+    fn api_message_reads_daytona_errors() {
+        assert_eq!(
+            api_message(br#"{"statusCode":404,"message":"Runner not found","code":"NOT_FOUND"}"#),
+            "Runner not found"
+        );
+        assert_eq!(api_message(b"plain text"), "plain text");
+    }
+
+    #[test]
+    fn retryable_statuses() {
+        for s in [500, 502, 503, 504, 408, 429] {
+            assert!(is_retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [200, 201, 400, 401, 403, 404] {
+            assert!(!is_retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The source of truth about sandboxes: the Daytona API (cached) or the
+//! embedded registry file. One enum, two real implementations.
+
+pub mod api;
+pub mod registry;
+
+use std::sync::Arc;
+
+use http::uri::{Authority, Scheme};
+use http::HeaderValue;
+
+pub use api::DaytonaApi;
+pub use registry::Registry;
+
+/// Where a sandbox's traffic goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Through a runner: `{proxy_url}/sandboxes/{id}/toolbox/proxy/{port}{path}`.
+    Runner(Arc<Runner>),
+    /// Straight to `http://{host}:{port}{path}` (embedded registry only).
+    Direct(Arc<str>),
+}
+
+/// A runner's proxy endpoint, parsed once when it is looked up.
+#[derive(Debug)]
+pub struct Runner {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path of `proxyUrl` without a trailing slash (usually empty).
+    pub prefix: String,
+    /// `Bearer {apiKey}`, sent as `X-Daytona-Authorization`.
+    pub auth: HeaderValue,
+}
+
+impl Runner {
+    /// Parses a runner's `proxyUrl` and API key.
+    pub fn new(proxy_url: &str, api_key: &str) -> Result<Runner, String> {
+        let uri: http::Uri = proxy_url
+            .parse()
+            .map_err(|e| format!("proxyUrl {proxy_url:?} is not a URL: {e}"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("proxyUrl {proxy_url:?} has no scheme"))?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(format!("proxyUrl {proxy_url:?} must be http or https"));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("proxyUrl {proxy_url:?} has no host"))?;
+        if uri.query().is_some() {
+            return Err(format!("proxyUrl {proxy_url:?} must not have a query"));
+        }
+        let mut auth = HeaderValue::try_from(format!("Bearer {api_key}"))
+            .map_err(|_| "runner apiKey has characters not allowed in a header".to_string())?;
+        auth.set_sensitive(true);
+        Ok(Runner {
+            scheme,
+            authority,
+            prefix: uri.path().trim_end_matches('/').to_string(),
+            auth,
+        })
+    }
+}
+
+/// Why a lookup has no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    /// The control plane says the sandbox (or its runner) does not exist.
+    #[error("sandbox not found")]
+    NotFound,
+    /// Timeouts, transport errors, 5xx, 408 and 429, after retries.
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+    /// A definite answer we cannot use (a 4xx we do not expect, a runner
+    /// without `proxyUrl`, a body that does not parse).
+    #[error("control plane answer unusable: {0}")]
+    Invalid(String),
+}
+
+impl LookupError {
+    /// Whether asking again later may succeed (never cached).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, LookupError::Unavailable(_))
+    }
+}
+
+pub enum ControlPlane {
+    Api(DaytonaApi),
+    Registry(Registry),
+}
+
+impl ControlPlane {
+    /// Whether the sandbox is public. Unknown sandboxes are not public, so a
+    /// caller without credentials cannot tell them from private ones.
+    pub async fn is_public(&self, sandbox_id: &str) -> Result<bool, LookupError> {
+        match self {
+            ControlPlane::Api(api) => api.is_public(sandbox_id).await,
+            ControlPlane::Registry(reg) => {
+                Ok(reg.snapshot().sandbox(sandbox_id).is_some_and(|s| s.public))
+            }
+        }
+    }
+
+    /// Where the sandbox's traffic goes.
+    pub async fn target(&self, sandbox_id: &str) -> Result<Target, LookupError> {
+        match self {
+            ControlPlane::Api(api) => api.target(sandbox_id).await,
+            ControlPlane::Registry(reg) => reg
+                .snapshot()
+                .sandbox(sandbox_id)
+                .map(|s| s.target.clone())
+                .ok_or(LookupError::NotFound),
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Embedded registry: runners and sandboxes listed in a TOML file, reloaded
+//! when the file changes; a broken edit keeps the last good registry.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+
+use super::{Runner, Target};
+
+/// The file as written.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    #[serde(default)]
+    runners: HashMap<String, RunnerEntry>,
+    #[serde(default)]
+    sandboxes: Vec<SandboxEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunnerEntry {
+    proxy_url: String,
+    api_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SandboxEntry {
+    id: String,
+    #[serde(default)]
+    public: bool,
+    /// The sandbox's preview token (`X-Daytona-Preview-Token`).
+    token: Option<String>,
+    /// Name of a runner in `[runners]`.
+    runner: Option<String>,
+    /// Host (IP or name) the app's ports are reached on directly.
+    upstream: Option<String>,
+}
+
+/// One sandbox, resolved.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub public: bool,
+    pub token: Option<String>,
+    pub target: Target,
+}
+
+/// A validated registry.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    sandboxes: HashMap<String, Sandbox>,
+}
+
+impl Snapshot {
+    /// Parses and validates registry text; every problem is reported.
+    pub fn parse(text: &str) -> Result<Snapshot, String> {
+        let file: RegistryFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut errors = Vec::new();
+        let mut runners = HashMap::new();
+        for (name, r) in &file.runners {
+            match Runner::new(&r.proxy_url, &r.api_key) {
+                Ok(runner) => {
+                    runners.insert(name.as_str(), Arc::new(runner));
+                }
+                Err(e) => errors.push(format!("runners.{name}: {e}")),
+            }
+        }
+        let mut sandboxes = HashMap::new();
+        for s in file.sandboxes {
+            let id = s.id.to_ascii_lowercase();
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                errors.push(format!(
+                    "sandbox {:?}: id must be letters, digits, '-' or '_'",
+                    s.id
+                ));
+                continue;
+            }
+            let target = match (&s.runner, &s.upstream) {
+                (Some(name), None) => match runners.get(name.as_str()) {
+                    Some(r) => Target::Runner(r.clone()),
+                    None => {
+                        errors.push(format!("sandbox {id}: runner {name:?} is not in [runners]"));
+                        continue;
+                    }
+                },
+                (None, Some(host)) => {
+                    if !is_upstream_host(host) {
+                        errors.push(format!("sandbox {id}: upstream {host:?} must be a host name or IP address, without port or scheme"));
+                        continue;
+                    }
+                    Target::Direct(host.as_str().into())
+                }
+                _ => {
+                    errors.push(format!(
+                        "sandbox {id}: set exactly one of runner or upstream"
+                    ));
+                    continue;
+                }
+            };
+            let sandbox = Sandbox {
+                public: s.public,
+                token: s.token,
+                target,
+            };
+            if sandboxes.insert(id.clone(), sandbox).is_some() {
+                errors.push(format!("sandbox {id}: listed twice"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(Snapshot { sandboxes })
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    pub fn sandbox(&self, id: &str) -> Option<&Sandbox> {
+        self.sandboxes.get(id)
+    }
+}
+
+/// The live registry: a snapshot swapped atomically on reload.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    current: ArcSwap<Snapshot>,
+}
+
+impl Registry {
+    /// Loads the file; a missing or broken file is an error naming it.
+    pub fn open(path: &Path) -> Result<Registry, String> {
+        let snapshot = load(path)?;
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                current: ArcSwap::from_pointee(snapshot),
+            }),
+        })
+    }
+
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.inner.current.load()
+    }
+
+    /// Re-reads the file now. On error the current snapshot stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let snapshot = load(&self.inner.path)?;
+        self.inner.current.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    /// Polls the file every `interval` and reloads it when it changes; stops
+    /// when the registry is dropped.
+    pub fn watch(&self, interval: Duration) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let mut seen = stamp(&self.inner.path);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let now = stamp(&inner.path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match (Registry { inner }).reload() {
+                    Ok(()) => tracing::info!("registry reloaded"),
+                    Err(e) => {
+                        tracing::warn!("registry not reloaded, keeping the last good one: {e}")
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// An IPv4 address, a bracketed IPv6 address, or a host name.
+fn is_upstream_host(host: &str) -> bool {
+    let v6 = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    match v6 {
+        Some(addr) => addr.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Snapshot, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    Snapshot::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What identifies a version of the file: modification time and size.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_runner_and_direct_sandboxes() {
+        let s = Snapshot::parse(
+            r#"
+            [runners.r1]
+            proxy_url = "http://runner:3003"
+            api_key = "k"
+
+            [[sandboxes]]
+            id = "Demo"
+            public = true
+            upstream = "127.0.0.1"
+
+            [[sandboxes]]
+            id = "3a828150-1573-42e3-bf9f-9793a2c2c0c2"
+            token = "tok"
+            runner = "r1"
+            "#,
+        )
+        .unwrap();
+        let demo = s.sandbox("demo").unwrap();
+        assert!(demo.public);
+        assert!(matches!(&demo.target, Target::Direct(h) if &**h == "127.0.0.1"));
+        let other = s.sandbox("3a828150-1573-42e3-bf9f-9793a2c2c0c2").unwrap();
+        assert!(!other.public);
+        assert_eq!(other.token.as_deref(), Some("tok"));
+        assert!(matches!(&other.target, Target::Runner(r) if r.authority == "runner:3003"));
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let e = Snapshot::parse(
+            r#"
+            [runners.bad]
+            proxy_url = "ftp://x"
+            api_key = "k"
+
+            [[sandboxes]]
+            id = "a"
+            runner = "missing"
+
+            [[sandboxes]]
+            id = "b"
+
+            [[sandboxes]]
+            id = "c"
+            upstream = "http://host:80"
+
+            [[sandboxes]]
+            id = "bad/id"
+            upstream = "127.0.0.1"
+            "#,
+        )
+        .unwrap_err();
+        for needle in [
+            "runners.bad",
+            "sandbox a",
+            "sandbox b",
+            "sandbox c",
+            "bad/id",
+        ] {
+            assert!(e.contains(needle), "{needle} not in {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let e = Snapshot::parse("[[sandboxes]]\nid = \"a\"\nupstream = \"x\"\npublik = true\n")
+            .unwrap_err();
+        assert!(e.contains("publik"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn broken_edit_keeps_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.toml");
+        std::fs::write(
+            &path,
+            "[[sandboxes]]\nid = \"a\"\nupstream = \"127.0.0.1\"\n",
+        )
+        .unwrap();
+        let reg = Registry::open(&path).unwrap();
+        std::fs::write(&path, "[[sandboxes]\n").unwrap();
+        assert!(reg.reload().is_err());
+        assert!(reg.snapshot().sandbox("a").is_some());
+        std::fs::write(
+            &path,
+            "[[sandboxes]]\nid = \"b\"\nupstream = \"127.0.0.1\"\npublic = true\n",
+        )
+        .unwrap();
+        reg.reload().unwrap();
+        assert!(reg.snapshot().sandbox("a").is_none());
+        assert!(reg.snapshot().sandbox("b").unwrap().public);
+    }
+}

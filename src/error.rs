@@ -1,0 +1,297 @@
+//! Errors on the request path and the answers the proxy makes for them:
+//! an HTML page for browser navigations, JSON otherwise, never empty.
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use crate::control_plane::LookupError;
+use crate::host::Port;
+use crate::Body;
+
+/// Seconds a client should wait when the control plane is down.
+const RETRY_AFTER_SECS: &str = "5";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("not a preview URL")]
+    NoRoute,
+    #[error("sandbox not found")]
+    SandboxNotFound,
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("path not allowed")]
+    BadPath,
+    #[error("control plane unavailable: {0}")]
+    ControlPlaneUnavailable(String),
+    #[error("control plane answer unusable: {0}")]
+    ControlPlaneInvalid(String),
+    #[error("nothing listening on port {0}")]
+    PortNotListening(Port),
+    #[error("runner unreachable: {0}")]
+    RunnerUnreachable(String),
+    #[error("upstream timed out on port {0}")]
+    UpstreamTimeout(Port),
+    #[error("upstream failed on port {port}: {detail}")]
+    UpstreamFailed { port: Port, detail: String },
+}
+
+impl From<LookupError> for ProxyError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::NotFound => ProxyError::SandboxNotFound,
+            LookupError::Unavailable(why) => ProxyError::ControlPlaneUnavailable(why),
+            LookupError::Invalid(why) => ProxyError::ControlPlaneInvalid(why),
+        }
+    }
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute | ProxyError::SandboxNotFound => StatusCode::NOT_FOUND,
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::BadPath => StatusCode::BAD_REQUEST,
+            ProxyError::ControlPlaneUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ControlPlaneInvalid(_)
+            | ProxyError::PortNotListening(_)
+            | ProxyError::RunnerUnreachable(_)
+            | ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "NOT_FOUND",
+            ProxyError::SandboxNotFound => "SANDBOX_NOT_FOUND",
+            ProxyError::Unauthorized => "UNAUTHORIZED",
+            ProxyError::BadPath => "BAD_PATH",
+            ProxyError::ControlPlaneUnavailable(_) => "CONTROL_PLANE_UNAVAILABLE",
+            ProxyError::ControlPlaneInvalid(_) => "CONTROL_PLANE_ERROR",
+            ProxyError::PortNotListening(_) => "PORT_NOT_LISTENING",
+            ProxyError::RunnerUnreachable(_) => "RUNNER_UNREACHABLE",
+            ProxyError::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
+            ProxyError::UpstreamFailed { .. } => "UPSTREAM_ERROR",
+        }
+    }
+
+    /// Short title for the HTML page.
+    fn title(&self) -> String {
+        match self {
+            ProxyError::NoRoute => "No preview at this address".into(),
+            ProxyError::SandboxNotFound => "Sandbox not found".into(),
+            ProxyError::Unauthorized => "This preview needs credentials".into(),
+            ProxyError::BadPath => "Path not allowed".into(),
+            ProxyError::ControlPlaneUnavailable(_) => {
+                "Preview service temporarily unavailable".into()
+            }
+            ProxyError::ControlPlaneInvalid(_) => "Preview service error".into(),
+            ProxyError::PortNotListening(port) => format!("Nothing is listening on port {port}"),
+            ProxyError::RunnerUnreachable(_) => "Sandbox host unreachable".into(),
+            ProxyError::UpstreamTimeout(port) => {
+                format!("The app on port {port} did not answer in time")
+            }
+            ProxyError::UpstreamFailed { port, .. } => format!("The app on port {port} failed"),
+        }
+    }
+
+    /// What a person should know and do. Never holds secrets or internal
+    /// details (those are logged once instead).
+    pub fn message(&self) -> String {
+        match self {
+            ProxyError::NoRoute => "There is no preview at this address. Preview URLs look like <port>-<sandboxId>.<domain>.".into(),
+            ProxyError::SandboxNotFound => "The sandbox in this URL does not exist or has no running host. Check the URL; the sandbox may have been deleted or archived.".into(),
+            ProxyError::Unauthorized => "This preview is private or does not exist. Send 'Authorization: Bearer <API key>', the header 'X-Daytona-Preview-Token: <token>', the query parameter DAYTONA_SANDBOX_AUTH_KEY=<token>, or open a signed preview URL.".into(),
+            ProxyError::BadPath => "The request path must start with '/' and must not contain '.' or '..' segments (also percent-encoded or with backslashes). Request the resolved path instead.".into(),
+            ProxyError::ControlPlaneUnavailable(_) => "The service that knows where sandboxes run is not answering. Try again in a few seconds.".into(),
+            ProxyError::ControlPlaneInvalid(_) => "The service that knows where sandboxes run gave an answer the proxy cannot use. Try again; if it persists, contact the operator.".into(),
+            ProxyError::PortNotListening(port) => format!("The sandbox is reachable but no app is listening on port {port}. Start your app on port {port}, listening on 0.0.0.0, then reload."),
+            ProxyError::RunnerUnreachable(_) => "The machine hosting this sandbox cannot be reached right now. Try again shortly.".into(),
+            ProxyError::UpstreamTimeout(port) => format!("The app on port {port} accepted the request but did not answer in time."),
+            ProxyError::UpstreamFailed { port, .. } => format!("The app on port {port} closed the connection without a complete answer. Check the app's logs."),
+        }
+    }
+}
+
+/// The JSON error body, fields in Daytona's order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorJson<'a> {
+    status_code: u16,
+    message: &'a str,
+    code: &'static str,
+}
+
+/// Error page template, split once at start-up around the insertion point.
+pub struct ErrorPages {
+    head: &'static str,
+    tail: &'static str,
+}
+
+const TEMPLATE: &str = include_str!("error_page.html");
+
+impl ErrorPages {
+    pub fn new() -> ErrorPages {
+        let (head, tail) = TEMPLATE
+            .split_once("{{content}}")
+            .expect("error_page.html has {{content}}");
+        ErrorPages { head, tail }
+    }
+
+    /// Renders the answer for `err`: a page when `html` (see [`wants_html`]),
+    /// JSON otherwise.
+    pub fn render(&self, err: &ProxyError, html: bool) -> Response<Body> {
+        let status = err.status();
+        let message = err.message();
+        let (content_type, body) = if html {
+            let title = format!("{} · {}", status.as_u16(), err.title());
+            let mut page = String::with_capacity(self.head.len() + self.tail.len() + 512);
+            page.push_str(self.head);
+            page.push_str("<h1>");
+            push_escaped(&mut page, &title);
+            page.push_str("</h1>\n<p>");
+            push_escaped(&mut page, &message);
+            page.push_str("</p>\n<p class=\"code\">");
+            page.push_str(err.code());
+            page.push_str("</p>");
+            page.push_str(self.tail);
+            ("text/html; charset=utf-8", Bytes::from(page))
+        } else {
+            let json = ErrorJson {
+                status_code: status.as_u16(),
+                message: &message,
+                code: err.code(),
+            };
+            (
+                "application/json",
+                Bytes::from(serde_json::to_vec(&json).expect("plain struct serialises")),
+            )
+        };
+        let mut resp = Response::new(Either::Right(Full::new(body)));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}
+
+impl Default for ErrorPages {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether the client accepts HTML (a browser navigation).
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")))
+}
+
+/// Appends `s` with HTML special characters escaped.
+pub fn push_escaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_text(resp: Response<Body>) -> String {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn json_by_default() {
+        let pages = ErrorPages::new();
+        let resp = pages.render(
+            &ProxyError::PortNotListening(Port::parse("3000").unwrap()),
+            wants_html(&HeaderMap::new()),
+        );
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+        let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
+        assert_eq!(v["statusCode"], 502);
+        assert_eq!(v["code"], "PORT_NOT_LISTENING");
+        assert!(v["message"].as_str().unwrap().contains("port 3000"));
+    }
+
+    #[tokio::test]
+    async fn html_for_browsers_and_retry_after_on_503() {
+        let pages = ErrorPages::new();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8"),
+        );
+        let resp = pages.render(
+            &ProxyError::ControlPlaneUnavailable("x".into()),
+            wants_html(&headers),
+        );
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()[RETRY_AFTER], "5");
+        assert!(resp.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let text = body_text(resp).await;
+        assert!(
+            text.contains("<h1>503 · Preview service temporarily unavailable</h1>"),
+            "{text}"
+        );
+        assert!(!text.contains("{{content}}"));
+    }
+
+    #[test]
+    fn escapes_html() {
+        let mut s = String::new();
+        push_escaped(&mut s, r#""><script>alert('x')</script>&"#);
+        assert_eq!(
+            s,
+            "&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;"
+        );
+    }
+
+    #[test]
+    fn every_error_has_a_message_and_status() {
+        let port = Port::parse("8080").unwrap();
+        let all = [
+            ProxyError::NoRoute,
+            ProxyError::SandboxNotFound,
+            ProxyError::Unauthorized,
+            ProxyError::BadPath,
+            ProxyError::ControlPlaneUnavailable(String::new()),
+            ProxyError::ControlPlaneInvalid(String::new()),
+            ProxyError::PortNotListening(port),
+            ProxyError::RunnerUnreachable(String::new()),
+            ProxyError::UpstreamTimeout(port),
+            ProxyError::UpstreamFailed {
+                port,
+                detail: String::new(),
+            },
+        ];
+        for e in all {
+            assert!(e.status().is_client_error() || e.status().is_server_error());
+            assert!(!e.message().is_empty());
+        }
+    }
+}

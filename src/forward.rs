@@ -1,0 +1,582 @@
+//! Forwarding to runners and apps (SPEC 6): the upstream URI built byte for
+//! byte with `http::Uri`, hop-by-hop headers dropped, `X-Forwarded-*` set,
+//! bodies streamed, one safe retry on a stale pooled connection, upgrades
+//! tunnelled.
+
+use std::error::Error as _;
+use std::io;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::config::Config;
+use crate::control_plane::Target;
+use crate::error::ProxyError;
+use crate::host::Port;
+
+pub type RequestBody = Either<Incoming, Empty<Bytes>>;
+pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
+
+pub const X_DAYTONA_AUTHORIZATION: HeaderName = HeaderName::from_static("x-daytona-authorization");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 7.6.1 and the legacy ones still seen).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// The pooled upstream client (HTTP/1.1 to runners and apps, TLS when a
+/// runner's `proxyUrl` is https).
+pub fn client(config: &Config) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(config.upstream_connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(30)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        // Shorter than the usual 60-70 s server idle timeouts, so the pool
+        // drops connections before the peer does.
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(512)
+        .build(connector)
+}
+
+/// Builds the upstream URI. The path and query are copied byte for byte; in
+/// runner mode a path with dot segments is refused, since the runner's router
+/// could resolve them into another sandbox's prefix.
+pub fn upstream_uri(
+    target: &Target,
+    sandbox_id: &str,
+    port: Port,
+    path_and_query: &str,
+) -> Result<Uri, ProxyError> {
+    if !path_and_query.starts_with('/') {
+        return Err(ProxyError::BadPath);
+    }
+    let uri = match target {
+        Target::Runner(runner) => {
+            let path = path_and_query
+                .split_once('?')
+                .map_or(path_and_query, |(p, _)| p);
+            if has_dot_segment(path) {
+                return Err(ProxyError::BadPath);
+            }
+            let pq = format!(
+                "{}/sandboxes/{sandbox_id}/toolbox/proxy/{port}{path_and_query}",
+                runner.prefix
+            );
+            Uri::builder()
+                .scheme(runner.scheme.clone())
+                .authority(runner.authority.clone())
+                .path_and_query(pq)
+                .build()
+        }
+        Target::Direct(host) => Uri::builder()
+            .scheme("http")
+            .authority(format!("{host}:{port}"))
+            .path_and_query(path_and_query)
+            .build(),
+    };
+    uri.map_err(|_| ProxyError::BadPath)
+}
+
+/// Whether a path has a `.` or `..` segment, counting `%2e` as a dot,
+/// `\`, `%2f` and `%5c` as separators, and ignoring `;params`.
+pub fn has_dot_segment(path: &str) -> bool {
+    let b = path.as_bytes();
+    let (mut i, mut dots, mut other, mut params) = (0, 0, false, false);
+    loop {
+        let (c, len) = if i < b.len() {
+            decode_at(b, i)
+        } else {
+            (b'/', 1)
+        };
+        match c {
+            b'/' | b'\\' => {
+                if !other && (dots == 1 || dots == 2) {
+                    return true;
+                }
+                if i >= b.len() {
+                    return false;
+                }
+                (dots, other, params) = (0, false, false);
+            }
+            _ if params => {}
+            b';' => params = true,
+            b'.' => dots += 1,
+            _ => other = true,
+        }
+        i += len;
+    }
+}
+
+/// The byte at `i`, percent-decoded, and how many input bytes it used.
+fn decode_at(b: &[u8], i: usize) -> (u8, usize) {
+    if b[i] == b'%' && i + 2 < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+            return ((h * 16 + l) as u8, 3);
+        }
+    }
+    (b[i], 1)
+}
+
+/// Whether the request asks for a protocol upgrade (`Connection` holds the
+/// `upgrade` token, as in Firefox's `keep-alive, Upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && has_token(headers, &header::CONNECTION, "upgrade")
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Facts about the downstream request that shape the forwarded headers.
+pub struct Downstream {
+    pub peer: IpAddr,
+    /// The peer is a trusted front proxy: its `X-Forwarded-Host` is kept.
+    pub trusted: bool,
+    /// Host as the client sent it (`Host` or `:authority`).
+    pub host: HeaderValue,
+    /// `http` or `https`: the scheme users see.
+    pub proto: &'static str,
+}
+
+/// Rewrites request headers for the upstream. Headers the proxy injects
+/// replace any client-sent value.
+pub fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    down: &Downstream,
+    target: &Target,
+    upgrade: Option<HeaderValue>,
+) {
+    remove_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    join_cookies(headers);
+
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", down.peer),
+        None => down.peer.to_string(),
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(down.proto));
+    if !(down.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        headers.insert(X_FORWARDED_HOST, down.host.clone());
+    }
+    headers.remove(&X_DAYTONA_AUTHORIZATION);
+    if let Target::Runner(runner) = target {
+        headers.insert(X_DAYTONA_AUTHORIZATION, runner.auth.clone());
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields; an HTTP/1.1
+/// upstream needs one, joined with `; ` (RFC 9113 8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Ok(v) = HeaderValue::try_from(joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Sends the request, retrying once on a stale pooled connection when that
+/// is safe: an idempotent method and no body, so nothing can run twice.
+pub async fn send(
+    client: &HttpClient,
+    req: Request<RequestBody>,
+    timeout: Duration,
+    port: Port,
+    direct: bool,
+) -> Result<Response<Incoming>, ProxyError> {
+    let replay = replayable(&req).then(|| copy_head(&req));
+    let first = tokio::time::timeout(timeout, client.request(req)).await;
+    let err = match first {
+        Ok(Ok(resp)) => return Ok(resp),
+        Err(_) => return Err(ProxyError::UpstreamTimeout(port)),
+        Ok(Err(err)) => err,
+    };
+    let Some(again) = replay.filter(|_| is_stale_connection(&err)) else {
+        return Err(classify(&err, port, direct));
+    };
+    tracing::debug!(error = %err, "stale upstream connection; retrying once");
+    match tokio::time::timeout(timeout, client.request(again)).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(err)) => Err(classify(&err, port, direct)),
+        Err(_) => Err(ProxyError::UpstreamTimeout(port)),
+    }
+}
+
+fn replayable(req: &Request<RequestBody>) -> bool {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    idempotent && req.body().is_end_stream() && !is_upgrade(req.headers())
+}
+
+fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// The connection broke before any response: the upstream closed a pooled
+/// connection as the request went out.
+fn is_stale_connection(err: &hyper_util::client::legacy::Error) -> bool {
+    if err.is_connect() {
+        return false;
+    }
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn io_kind(err: &hyper_util::client::legacy::Error) -> Option<io::ErrorKind> {
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io.kind());
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// Maps a client error to what the user is told.
+fn classify(err: &hyper_util::client::legacy::Error, port: Port, direct: bool) -> ProxyError {
+    let kind = io_kind(err);
+    if err.is_connect() {
+        return match (kind, direct) {
+            (Some(io::ErrorKind::TimedOut), _) => ProxyError::UpstreamTimeout(port),
+            (Some(io::ErrorKind::ConnectionRefused), true) => ProxyError::PortNotListening(port),
+            (_, true) => ProxyError::UpstreamFailed {
+                port,
+                detail: err.source().map(|e| e.to_string()).unwrap_or_default(),
+            },
+            (_, false) => ProxyError::RunnerUnreachable(
+                err.source().map(|e| e.to_string()).unwrap_or_default(),
+            ),
+        };
+    }
+    let detail = err
+        .source()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| err.to_string());
+    ProxyError::UpstreamFailed { port, detail }
+}
+
+/// Prepares the upstream's response for the client.
+pub fn prepare_response_headers(resp: &mut Response<Incoming>) {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        remove_hop_by_hop(resp.headers_mut());
+    }
+}
+
+/// An empty 502 from a runner means the app's port is not answering.
+pub fn is_empty_bad_gateway(resp: &Response<Incoming>) -> bool {
+    resp.status() == StatusCode::BAD_GATEWAY && resp.body().is_end_stream()
+}
+
+/// Joins the client's and the upstream's upgraded connections and copies
+/// bytes both ways until either side closes.
+pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "tunnel closed with an error");
+        }
+    });
+}
+
+/// The request version the upstream gets: always HTTP/1.1.
+pub const UPSTREAM_VERSION: Version = Version::HTTP_11;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control_plane::Runner;
+    use std::sync::Arc;
+
+    fn runner() -> Target {
+        Target::Runner(Arc::new(Runner::new("http://runner:3003", "key").unwrap()))
+    }
+
+    fn port(p: &str) -> Port {
+        Port::parse(p).unwrap()
+    }
+
+    #[test]
+    fn runner_uri_keeps_path_and_query_bytes() {
+        let cases = [
+            "/_next/static/chunks/app/(local)/%40topbar/%5B%5B...slug%5D%5D/page-x.js",
+            "/files/%2Ftmp%2Ffoo.txt",
+            "/static/js/main.js?a=1&b=%2F&c=+x&d=(y)",
+            "/a//b/...",
+            "/",
+        ];
+        for pq in cases {
+            let uri = upstream_uri(&runner(), "sbx-1", port("3000"), pq).unwrap();
+            assert_eq!(
+                uri.to_string(),
+                format!("http://runner:3003/sandboxes/sbx-1/toolbox/proxy/3000{pq}")
+            );
+        }
+    }
+
+    #[test]
+    fn direct_uri_keeps_path_and_query_bytes() {
+        let uri = upstream_uri(
+            &Target::Direct("127.0.0.1".into()),
+            "demo",
+            port("8000"),
+            "/x/%2e%2e/y?q=%20",
+        )
+        .unwrap();
+        assert_eq!(uri.to_string(), "http://127.0.0.1:8000/x/%2e%2e/y?q=%20");
+    }
+
+    #[test]
+    fn runner_uri_refuses_dot_segments() {
+        for pq in [
+            "/../../B/toolbox/proxy/3000/x",
+            "/a/%2e%2e/b",
+            "/a/.%2E/b",
+            "/a/..\\b",
+            "/a\\..\\b",
+            "/%2F..%2Fb",
+            "/a/./b",
+            "/..",
+            "/a/..;x/b",
+            "/a/%2e",
+        ] {
+            assert!(
+                matches!(
+                    upstream_uri(&runner(), "a", port("3000"), pq),
+                    Err(ProxyError::BadPath)
+                ),
+                "{pq}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segment_table() {
+        let yes = [
+            "/..", "/.", "/a/../b", "/%2e%2e/", "/%2E./", "/a/.;p/b", "\\..\\",
+        ];
+        let no = [
+            "/",
+            "/a.b",
+            "/...",
+            "/.well-known/x",
+            "/a..b",
+            "/%2e%2e%2e",
+            "/a/.x",
+            "/file.",
+            "/%2",
+            "/%",
+        ];
+        for p in yes {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in no {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn upgrade_matches_connection_tokens() {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(is_upgrade(&h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(!is_upgrade(&h));
+    }
+
+    #[test]
+    fn request_headers_are_rewritten() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("3000-a.proxy.io"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-custom-hop"),
+        );
+        h.insert("x-custom-hop", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(
+            X_FORWARDED_HOST,
+            HeaderValue::from_static("customer.example.com"),
+        );
+        h.insert(
+            X_DAYTONA_AUTHORIZATION,
+            HeaderValue::from_static("Bearer forged"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        let down = Downstream {
+            peer: "10.0.0.9".parse().unwrap(),
+            trusted: true,
+            host: HeaderValue::from_static("3000-a.proxy.io"),
+            proto: "https",
+        };
+        prepare_request_headers(&mut h, &down, &runner(), None);
+        assert!(h.get(header::HOST).is_none());
+        assert!(h.get("x-custom-hop").is_none());
+        assert!(
+            h.get(KEEP_ALIVE).is_none()
+                && h.get(header::TE).is_none()
+                && h.get(header::CONNECTION).is_none()
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h[X_FORWARDED_HOST], "customer.example.com");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(
+            h.get_all(X_DAYTONA_AUTHORIZATION)
+                .iter()
+                .collect::<Vec<_>>(),
+            ["Bearer key"]
+        );
+        assert_eq!(
+            h.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1; b=2"]
+        );
+
+        let untrusted = Downstream {
+            trusted: false,
+            ..down
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_HOST,
+            HeaderValue::from_static("spoofed.example.com"),
+        );
+        prepare_request_headers(
+            &mut h,
+            &untrusted,
+            &Target::Direct("127.0.0.1".into()),
+            None,
+        );
+        assert_eq!(h[X_FORWARDED_HOST], "3000-a.proxy.io");
+        assert!(h.get(X_DAYTONA_AUTHORIZATION).is_none());
+    }
+
+    #[test]
+    fn upgrade_headers_survive() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let down = Downstream {
+            peer: "127.0.0.1".parse().unwrap(),
+            trusted: true,
+            host: HeaderValue::from_static("h"),
+            proto: "http",
+        };
+        prepare_request_headers(
+            &mut h,
+            &down,
+            &runner(),
+            Some(HeaderValue::from_static("websocket")),
+        );
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
+}

@@ -1,0 +1,17 @@
+//! preview-proxy: serves sandbox preview URLs (`<port>-<sandboxId>.<domain>`)
+//! by routing each request to the runner or app that hosts the sandbox.
+
+pub mod cache;
+pub mod config;
+pub mod control_plane;
+pub mod error;
+pub mod forward;
+pub mod host;
+pub mod proxy;
+pub mod server;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+
+/// Response body: the upstream's streamed body, or one the proxy made.
+pub type Body = Either<hyper::body::Incoming, Full<Bytes>>;
