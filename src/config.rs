@@ -206,7 +206,7 @@ impl Config {
                 .push("PROXY_API_KEY: required when DAYTONA_API_URL is set".into());
         }
         let registry_file = s.get_path("REGISTRY_FILE");
-        let registry_reload_interval = s.get("REGISTRY_RELOAD_INTERVAL_MS", |v| millis(v));
+        let registry_reload_interval = s.get("REGISTRY_RELOAD_INTERVAL_MS", millis);
         let allowed_base_domains = s.get("ALLOWED_BASE_DOMAINS", |v| {
             Ok(list(v)
                 .map(|d| d.trim_end_matches('.').to_ascii_lowercase())

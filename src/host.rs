@@ -141,13 +141,16 @@ mod tests {
 
     const UUID: &str = "3a828150-1573-42e3-bf9f-9793a2c2c0c2";
 
+    /// Expected (port, key, base).
+    type Parts<'a> = (u16, &'a str, &'a str);
+
     #[test]
     fn table() {
         let uuid_host = format!("3000-{UUID}.preview.example.com");
         let upper = format!("3000-{}.PREVIEW.Example.COM:443", UUID.to_uppercase());
         let dotted = format!("8080-{UUID}.proxy.localhost.");
         // (input, expected (port, key, base))
-        let cases: &[(&str, Option<(u16, &str, &str)>)] = &[
+        let cases: &[(&str, Option<Parts>)] = &[
             (&uuid_host, Some((3000, UUID, "preview.example.com"))),
             (&upper, Some((3000, UUID, "preview.example.com"))),
             (&dotted, Some((8080, UUID, "proxy.localhost"))),

@@ -21,6 +21,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -51,7 +52,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         anyhow::anyhow!("PROXY_LISTEN_ADDRESS/PROXY_PORT: cannot listen on {listen}: {e}")
     })?;
-    tracing::info!(address = %listen, "preview-proxy listening");
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "preview-proxy listening");
     server::run(listener, proxy, server::shutdown_signal()).await?;
     Ok(())
 }

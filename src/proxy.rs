@@ -36,7 +36,7 @@ impl Proxy {
     /// Tokio runtime.
     pub fn new(config: Config) -> anyhow::Result<Proxy> {
         let control_plane = match &config.api_url {
-            Some(_) => ControlPlane::Api(DaytonaApi::new(&config)?),
+            Some(_) => ControlPlane::Api(Box::new(DaytonaApi::new(&config)?)),
             None => {
                 let registry = Registry::open(&config.registry_file)
                     .map_err(|e| anyhow::anyhow!("REGISTRY_FILE: {e}"))?;

@@ -87,7 +87,7 @@ impl LookupError {
 }
 
 pub enum ControlPlane {
-    Api(DaytonaApi),
+    Api(Box<DaytonaApi>),
     Registry(Registry),
 }
 

@@ -1,0 +1,458 @@
+//! Test harness: the proxy in-process on 127.0.0.1:0, a mock Daytona API that
+//! counts calls per endpoint, and a recording app that also plays a runner.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use preview_proxy::config::Config;
+use preview_proxy::proxy::Proxy;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// Serves `handler` on 127.0.0.1:0 (HTTP/1.1 and h2c) until the test ends.
+pub async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------- proxy
+
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestProxy {
+    pub async fn start(config: Config) -> TestProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let proxy = Arc::new(Proxy::new(config).expect("proxy starts"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(preview_proxy::server::run(listener, proxy, async move {
+            let _ = rx.await;
+        }));
+        TestProxy {
+            addr,
+            shutdown: Some(tx),
+            done,
+        }
+    }
+
+    /// Starts graceful shutdown.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// Config for a proxy in front of the mock API.
+pub fn api_config(api: &MockApi) -> Config {
+    let mut c = Config::defaults();
+    c.api_url = Some(format!("http://{}", api.addr));
+    c.api_key = "proxy-secret".into();
+    c.api_client_timeout = Duration::from_secs(5);
+    c
+}
+
+/// Config for a proxy using a registry file with `text`; the file stays
+/// alive as long as the returned guard.
+pub fn registry_config(text: &str) -> (Config, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut c = Config::defaults();
+    c.registry_file = path.clone();
+    c.registry_reload_interval = Duration::from_millis(20);
+    (c, dir, path)
+}
+
+// ---------------------------------------------------------------- client
+
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Sends a request through the proxy with the given Host and extra headers.
+pub async fn send(
+    proxy: &TestProxy,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: TestBody,
+) -> Answer {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(proxy.url(path))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client()
+        .request(req.body(body).unwrap())
+        .await
+        .expect("proxy answers");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("complete body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(proxy: &TestProxy, host: &str, path: &str) -> Answer {
+    send(proxy, "GET", host, path, &[], empty()).await
+}
+
+// ---------------------------------------------------------------- mock API
+
+#[derive(Clone)]
+pub struct MockSandbox {
+    pub public: bool,
+    /// `proxyUrl` of its runner; `None` answers 404 "Runner not found".
+    pub proxy_url: Option<String>,
+    pub runner_key: String,
+}
+
+#[derive(Default)]
+pub struct ApiState {
+    pub sandboxes: Mutex<HashMap<String, MockSandbox>>,
+    calls: Mutex<HashMap<String, u64>>,
+    /// Statuses to answer next, per endpoint, before normal behaviour.
+    failures: Mutex<HashMap<String, VecDeque<u16>>>,
+    /// Extra latency before every answer, in milliseconds.
+    pub latency_ms: AtomicU64,
+    /// Never answer while set.
+    pub stall: AtomicBool,
+    /// Every `Authorization` header the API received.
+    pub authorizations: Mutex<Vec<String>>,
+}
+
+pub struct MockApi {
+    pub addr: SocketAddr,
+    pub state: Arc<ApiState>,
+}
+
+impl MockApi {
+    pub async fn start() -> MockApi {
+        let state = Arc::new(ApiState::default());
+        let s = state.clone();
+        let addr = serve(move |req| mock_api(s.clone(), req)).await;
+        MockApi { addr, state }
+    }
+
+    pub fn add(&self, id: &str, public: bool, proxy_url: Option<&str>) {
+        self.state.sandboxes.lock().unwrap().insert(
+            id.to_string(),
+            MockSandbox {
+                public,
+                proxy_url: proxy_url.map(str::to_string),
+                runner_key: format!("runner-key-{id}"),
+            },
+        );
+    }
+
+    /// Calls received on an endpoint: `public`, `runner`.
+    pub fn calls(&self, endpoint: &str) -> u64 {
+        self.state
+            .calls
+            .lock()
+            .unwrap()
+            .get(endpoint)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The next `statuses.len()` calls to `endpoint` answer these statuses.
+    pub fn fail_next(&self, endpoint: &str, statuses: &[u16]) {
+        self.state
+            .failures
+            .lock()
+            .unwrap()
+            .entry(endpoint.to_string())
+            .or_default()
+            .extend(statuses);
+    }
+
+    pub fn set_latency(&self, d: Duration) {
+        self.state
+            .latency_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<TestBody> {
+    let segments: Vec<String> = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let endpoint = match seg.as_slice() {
+        ["preview", _, "public"] => "public",
+        ["runners", "by-sandbox", _] => "runner",
+        _ => "other",
+    };
+    *state
+        .calls
+        .lock()
+        .unwrap()
+        .entry(endpoint.to_string())
+        .or_default() += 1;
+    if let Some(auth) = req.headers().get("authorization") {
+        state
+            .authorizations
+            .lock()
+            .unwrap()
+            .push(auth.to_str().unwrap().to_string());
+    }
+    let latency = state.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if state.stall.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
+    let failure = state
+        .failures
+        .lock()
+        .unwrap()
+        .get_mut(endpoint)
+        .and_then(VecDeque::pop_front);
+    if let Some(status) = failure {
+        return json(
+            status,
+            &format!(r#"{{"statusCode":{status},"message":"injected failure","code":"X"}}"#),
+        );
+    }
+    let sandbox = |id: &str| state.sandboxes.lock().unwrap().get(id).cloned();
+    match seg.as_slice() {
+        ["preview", id, "public"] => match sandbox(id) {
+            Some(s) if s.public => json(200, "true"),
+            _ => json(
+                404,
+                r#"{"statusCode":404,"message":"Sandbox not found","code":"NOT_FOUND"}"#,
+            ),
+        },
+        ["runners", "by-sandbox", id] => match sandbox(id) {
+            Some(MockSandbox {
+                proxy_url: Some(url),
+                runner_key,
+                ..
+            }) if url == "missing" => {
+                json(200, &format!(r#"{{"id":"r1","apiKey":"{runner_key}"}}"#))
+            }
+            Some(MockSandbox {
+                proxy_url: Some(url),
+                runner_key,
+                ..
+            }) => json(
+                200,
+                &format!(
+                    r#"{{"id":"r1","proxyUrl":"{url}","apiUrl":"http://ignored","apiKey":"{runner_key}"}}"#
+                ),
+            ),
+            _ => json(
+                404,
+                r#"{"statusCode":404,"message":"Runner not found","code":"NOT_FOUND"}"#,
+            ),
+        },
+        _ => json(
+            404,
+            r#"{"statusCode":404,"message":"no such endpoint","code":"NOT_FOUND"}"#,
+        ),
+    }
+}
+
+pub fn json(status: u16, body: &str) -> Response<TestBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(body.to_string()))
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- app / runner
+
+/// What an app or runner received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query exactly as received.
+    pub target: String,
+    pub headers: HeaderMap,
+}
+
+/// A recording app. Paths (matched anywhere, so it can play a runner):
+/// `/upload` answers the body's sha256 and length; `/download/<n>` streams
+/// n bytes; `/empty-502` answers an empty 502; anything else answers 200
+/// with the received target as body.
+pub struct App {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl App {
+    pub async fn start() -> App {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let addr = serve(move |req| app(s.clone(), req)).await;
+        App { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the app received a request")
+    }
+}
+
+async fn app(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Response<TestBody> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        target: target.clone(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_string();
+    if path.ends_with("/upload") {
+        let mut hasher = Sha256::new();
+        let mut len = 0u64;
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("upload body").into_data() {
+                len += data.len() as u64;
+                hasher.update(&data);
+            }
+        }
+        return Response::new(full(format!("{:x} {len}", hasher.finalize())));
+    }
+    if let Some(n) = path
+        .rsplit_once("/download/")
+        .and_then(|(_, n)| n.parse::<usize>().ok())
+    {
+        let chunks = pattern_chunks(n);
+        let stream = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(c))),
+        );
+        return Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    }
+    if path.ends_with("/empty-502") {
+        return Response::builder().status(502).body(empty()).unwrap();
+    }
+    Response::builder()
+        .header("x-app", "1")
+        .body(full(target))
+        .unwrap()
+}
+
+/// Deterministic download content: n bytes in 64 KiB chunks.
+pub fn pattern_chunks(n: usize) -> Vec<Bytes> {
+    let block: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
+    let block = Bytes::from(block);
+    let mut out = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(block.len());
+        out.push(block.slice(..take));
+        left -= take;
+    }
+    out
+}
+
+pub fn sha256_hex(chunks: &[Bytes]) -> String {
+    let mut h = Sha256::new();
+    for c in chunks {
+        h.update(c);
+    }
+    format!("{:x}", h.finalize())
+}

@@ -1,0 +1,535 @@
+//! Forwarding: path fidelity, headers, streaming, retries, upstream errors,
+//! upgrades, HTTP/2.
+#![allow(clippy::result_large_err)] // tungstenite's handshake callback signature
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A proxy whose registry has sandbox `sbx` on a runner (the given app) and
+/// `demo` direct to 127.0.0.1.
+async fn proxy_with_runner(runner: &App) -> (TestProxy, tempfile::TempDir) {
+    let text = format!(
+        "[runners.r]\nproxy_url = \"{}\"\napi_key = \"runner-key\"\n\n[[sandboxes]]\nid = \"sbx\"\npublic = true\nrunner = \"r\"\n\n[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n",
+        runner.url()
+    );
+    let (config, dir, _) = registry_config(&text);
+    (TestProxy::start(config).await, dir)
+}
+
+/// Writes a raw request and reads the whole answer (the request must ask
+/// for `Connection: close`).
+async fn raw(proxy: &TestProxy, request: &str) -> String {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn path_and_query_reach_the_runner_byte_for_byte() {
+    let runner = App::start().await;
+    let (proxy, _dir) = proxy_with_runner(&runner).await;
+    let targets = [
+        "/_next/static/chunks/app/(local)/%40topbar/%5B%5B...slug%5D%5D/page-x.js",
+        "/files/%2Ftmp%2Ffoo.txt",
+        "/static/js/main.js",
+        "/search?q=a+b&x=%2F%40(y)&x=2&empty=&DAYTONA=keep",
+        "/a//b/...?",
+        "/%7Euser/%E2%82%AC",
+    ];
+    for t in targets {
+        let a = get(&proxy, "3000-sbx.preview.localhost", t).await;
+        assert_eq!(a.status, 200, "{t}");
+        assert_eq!(
+            runner.last().target,
+            format!("/sandboxes/sbx/toolbox/proxy/3000{t}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn dot_segments_never_reach_the_runner() {
+    let runner = App::start().await;
+    let (proxy, _dir) = proxy_with_runner(&runner).await;
+    let attacks = [
+        "/../../B/toolbox/proxy/3000/x",
+        "/%2e%2e/%2e%2e/B/toolbox/proxy/3000/x",
+        "/%2E%2E/%2E%2E/B/toolbox/proxy/3000/x",
+        "/.%2e/.%2e/B/x",
+        "/..%2f..%2fB%2fx",
+        "/..%5c..%5cB",
+        "/x/..\\..\\..\\B",
+        "/./x",
+    ];
+    for path in attacks {
+        let answer = raw(&proxy, &format!("GET {path} HTTP/1.1\r\nHost: 3000-sbx.preview.localhost\r\nConnection: close\r\n\r\n")).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(answer.contains("BAD_PATH"), "{path}: {answer}");
+    }
+    assert!(
+        runner.seen().is_empty(),
+        "the runner saw {:?}",
+        runner.seen()
+    );
+}
+
+#[tokio::test]
+async fn headers_are_rewritten_for_the_upstream() {
+    let runner = App::start().await;
+    let (proxy, _dir) = proxy_with_runner(&runner).await;
+    let a = send(
+        &proxy,
+        "GET",
+        "3000-sbx.preview.localhost:4000",
+        "/h",
+        &[
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "secret-hop"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic abc"),
+            ("te", "trailers"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-daytona-authorization", "Bearer forged"),
+            ("x-custom", "kept"),
+        ],
+        empty(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.headers["x-app"], "1", "response headers pass through");
+    let h = runner.last().headers;
+    for gone in ["x-hop", "keep-alive", "proxy-authorization", "te"] {
+        assert!(!h.contains_key(gone), "{gone} was forwarded");
+    }
+    assert_eq!(h["x-custom"], "kept");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "3000-sbx.preview.localhost:4000");
+    assert_eq!(
+        h.get_all("x-daytona-authorization")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["Bearer runner-key"]
+    );
+    assert_eq!(h["host"], runner.addr.to_string().as_str());
+
+    // A trusted front proxy's X-Forwarded-Host is kept as it is.
+    send(
+        &proxy,
+        "GET",
+        "3000-sbx.preview.localhost",
+        "/h",
+        &[("x-forwarded-host", "app.customer.com")],
+        empty(),
+    )
+    .await;
+    assert_eq!(
+        runner.last().headers["x-forwarded-host"],
+        "app.customer.com"
+    );
+}
+
+#[tokio::test]
+async fn direct_mode_reaches_the_local_port() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy_with_runner(&app).await;
+    let port = app.addr.port();
+    let a = get(
+        &proxy,
+        &format!("{port}-demo.preview.localhost"),
+        "/direct?x=1",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let seen = app.last();
+    assert_eq!(seen.target, "/direct?x=1");
+    assert_eq!(seen.headers["host"], format!("127.0.0.1:{port}").as_str());
+    assert!(!seen.headers.contains_key("x-daytona-authorization"));
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_64_mib() {
+    const SIZE: usize = 64 << 20;
+    let runner = App::start().await;
+    let (proxy, _dir) = proxy_with_runner(&runner).await;
+    let host = "3000-sbx.preview.localhost";
+
+    // Upload, streamed in chunks (no Content-Length).
+    let chunks = pattern_chunks(SIZE);
+    let want = format!("{} {SIZE}", sha256_hex(&chunks));
+    let stream = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(c))),
+    );
+    let a = send(
+        &proxy,
+        "POST",
+        host,
+        "/upload",
+        &[],
+        BodyExt::boxed(StreamBody::new(stream)),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), want);
+
+    // Download.
+    let a = get(&proxy, host, &format!("/download/{SIZE}")).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), SIZE);
+    assert_eq!(sha256_hex(&[a.body]), sha256_hex(&pattern_chunks(SIZE)));
+}
+
+/// An upstream that serves one request per connection and then, on the
+/// same connection, reads the next request and closes without answering:
+/// a pooled connection that went stale under the proxy's feet.
+async fn stale_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let seen = s.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                for round in 0..2 {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0;
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).await.unwrap();
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).await.unwrap();
+                    seen.lock().unwrap().push(line.trim().to_string());
+                    if round == 1 {
+                        return; // close without answering
+                    }
+                    reader
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn stale_pooled_connection_is_retried_only_when_safe() {
+    let (addr, seen) = stale_upstream().await;
+    let (config, _dir, _) =
+        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    let proxy = TestProxy::start(config).await;
+    let host = format!("{}-demo.preview.localhost", addr.port());
+    let c = client();
+    let req = |method: &str, path: &str| {
+        Request::builder()
+            .method(method)
+            .uri(proxy.url(path))
+            .header("host", host.as_str())
+            .body(full("payload"))
+            .unwrap()
+    };
+    // Warm the pool, then a GET hits the stale connection and is retried.
+    assert_eq!(c.request(req("GET", "/one")).await.unwrap().status(), 200);
+    let get = Request::builder()
+        .uri(proxy.url("/two"))
+        .header("host", host.as_str())
+        .body(empty())
+        .unwrap();
+    assert_eq!(c.request(get).await.unwrap().status(), 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "GET /one HTTP/1.1",
+            "GET /two HTTP/1.1",
+            "GET /two HTTP/1.1"
+        ]
+    );
+
+    // A POST on a stale connection is never sent twice.
+    seen.lock().unwrap().clear();
+    let resp = c.request(req("POST", "/pay")).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("UPSTREAM_ERROR"));
+    assert_eq!(*seen.lock().unwrap(), ["POST /pay HTTP/1.1"]);
+}
+
+#[tokio::test]
+async fn upstream_errors_are_clear_and_never_empty() {
+    let runner = App::start().await;
+    let (proxy, _dir) = proxy_with_runner(&runner).await;
+
+    // Nothing listens on the port (direct mode).
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let a = get(&proxy, &format!("{port}-demo.preview.localhost"), "/").await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["code"], "PORT_NOT_LISTENING");
+    assert!(a.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains(&port.to_string()));
+
+    // The same as a browser page.
+    let a = send(
+        &proxy,
+        "GET",
+        &format!("{port}-demo.preview.localhost"),
+        "/",
+        &[("accept", "text/html")],
+        empty(),
+    )
+    .await;
+    assert_eq!(a.status, 502);
+    assert!(a
+        .text()
+        .contains(&format!("Nothing is listening on port {port}")));
+
+    // A runner's empty 502 means the app's port is not answering.
+    let a = get(&proxy, "3000-sbx.preview.localhost", "/empty-502").await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["code"], "PORT_NOT_LISTENING");
+
+    // The runner itself is down.
+    let text = "[runners.r]\nproxy_url = \"http://127.0.0.1:1\"\napi_key = \"k\"\n[[sandboxes]]\nid = \"sbx\"\npublic = true\nrunner = \"r\"\n";
+    let (config, _dir2, _) = registry_config(text);
+    let down = TestProxy::start(config).await;
+    let a = get(&down, "3000-sbx.preview.localhost", "/").await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["code"], "RUNNER_UNREACHABLE");
+}
+
+#[tokio::test]
+async fn upstream_timeout_is_504() {
+    let app = serve(|_req| async {
+        std::future::pending::<()>().await;
+        unreachable!()
+    })
+    .await;
+    let (mut config, _dir, _) =
+        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    config.upstream_timeout = Duration::from_millis(300);
+    let proxy = TestProxy::start(config).await;
+    let a = get(
+        &proxy,
+        &format!("{}-demo.preview.localhost", app.port()),
+        "/",
+    )
+    .await;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.json()["code"], "UPSTREAM_TIMEOUT");
+}
+
+/// An app that sends headers and part of the body, then drops the connection.
+async fn truncating_app(head: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                s.write_all(head.as_bytes()).await.unwrap();
+                // Dropping the socket ends the body early.
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn truncated_upstream_body_aborts_the_client() {
+    let (config, _dir, _) =
+        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    let proxy = TestProxy::start(config).await;
+    for head in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly-some-bytes",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    ] {
+        let port = truncating_app(head).await;
+        let req = Request::builder()
+            .uri(proxy.url("/"))
+            .header("host", format!("{port}-demo.preview.localhost"))
+            .body(empty())
+            .unwrap();
+        let resp = client().request(req).await.expect("headers arrive");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await;
+        assert!(
+            body.is_err(),
+            "a truncated body must not end cleanly ({head:?})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_as_written() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    let app = serve(move |_req| {
+        let rx = rx.clone();
+        async move {
+            let rx = rx.lock().await.take().unwrap();
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|b| {
+                    (
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)),
+                        rx,
+                    )
+                })
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap()
+        }
+    })
+    .await;
+    let (config, _dir, _) =
+        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    let proxy = TestProxy::start(config).await;
+    let req = Request::builder()
+        .uri(proxy.url("/events"))
+        .header("host", format!("{}-demo.preview.localhost", app.port()))
+        .body(empty())
+        .unwrap();
+    let mut body = client().request(req).await.unwrap().into_body();
+    for i in 0..3 {
+        // The next event is written only after the previous one arrived.
+        let event = format!("data: event {i}\n\n");
+        tx.send(Bytes::from(event.clone())).await.unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("event arrives while the stream is open");
+        let data = frame.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(data, event.as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn websocket_is_tunnelled() {
+    let ws_app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = ws_app.local_addr().unwrap().port();
+    let protocols = Arc::new(Mutex::new(None));
+    let p = protocols.clone();
+    tokio::spawn(async move {
+        let (stream, _) = ws_app.accept().await.unwrap();
+        let callback =
+            |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+             mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                *p.lock().unwrap() = req.headers().get("sec-websocket-protocol").cloned();
+                resp.headers_mut()
+                    .insert("sec-websocket-protocol", "chat".parse().unwrap());
+                Ok(resp)
+            };
+        let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback)
+            .await
+            .unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            ws.send(msg).await.unwrap();
+        }
+    });
+    let (config, _dir, _) =
+        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    let proxy = TestProxy::start(config).await;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{}/ws", proxy.addr),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "host",
+        format!("{port}-demo.preview.localhost").parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "chat, superchat".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade through the proxy");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+    assert_eq!(
+        protocols.lock().unwrap().as_ref().unwrap(),
+        "chat, superchat"
+    );
+    for i in 0..100 {
+        let msg = tokio_tungstenite::tungstenite::Message::Text(format!("m{i}"));
+        ws.send(msg.clone()).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), msg);
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_with_concurrent_streams() {
+    let runner = App::start().await;
+    let (proxy, _dir) = proxy_with_runner(&runner).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let mut sender = sender.clone();
+        let ok = ok.clone();
+        tasks.spawn(async move {
+            let req = Request::builder()
+                .uri(format!("http://3000-sbx.preview.localhost/h2/{i}"))
+                .body(empty())
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            if status == 200
+                && body == format!("/sandboxes/sbx/toolbox/proxy/3000/h2/{i}").as_bytes()
+            {
+                ok.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    assert_eq!(ok.load(Ordering::SeqCst), 100);
+    let seen = runner.last();
+    assert_eq!(
+        seen.headers["x-forwarded-host"], "3000-sbx.preview.localhost",
+        ":authority is the host"
+    );
+}
