@@ -24,12 +24,7 @@ struct PerEntry {
 }
 
 impl<V> Expiry<String, Timed<V>> for PerEntry {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Timed<V>,
-        _now: Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _key: &String, value: &Timed<V>, _now: Instant) -> Option<Duration> {
         Some(value.ttl + self.extra)
     }
 }
@@ -44,16 +39,8 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
     /// `stale_if_error`: how long after expiry a value may still answer when
     /// loading fails transiently (`None`: never).
     pub fn new(capacity: u64, stale_if_error: Option<Duration>) -> Self {
-        let build = |extra| {
-            Cache::builder()
-                .max_capacity(capacity)
-                .expire_after(PerEntry { extra })
-                .build()
-        };
-        ReadThrough {
-            fresh: build(Duration::ZERO),
-            last_good: stale_if_error.filter(|d| !d.is_zero()).map(build),
-        }
+        let build = |extra| Cache::builder().max_capacity(capacity).expire_after(PerEntry { extra }).build();
+        ReadThrough { fresh: build(Duration::ZERO), last_good: stale_if_error.filter(|d| !d.is_zero()).map(build) }
     }
 
     /// Returns the cached value or runs `load`, which yields the value and its
@@ -128,61 +115,32 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_cached() {
         let cache = ReadThrough::<u32>::new(100, None);
-        let r = cache
-            .get("k", async { Err(LookupError::Unavailable("down".into())) })
-            .await;
+        let r = cache.get("k", async { Err(LookupError::Unavailable("down".into())) }).await;
         assert!(r.is_err());
-        let r = cache
-            .get("k", async { Ok((1, Duration::from_secs(60))) })
-            .await;
+        let r = cache.get("k", async { Ok((1, Duration::from_secs(60))) }).await;
         assert_eq!(r.unwrap(), 1);
     }
 
     #[tokio::test]
     async fn loader_chooses_ttl() {
         let cache = ReadThrough::<u32>::new(100, None);
-        cache
-            .get("k", async { Ok((1, Duration::from_millis(30))) })
-            .await
-            .unwrap();
-        assert_eq!(
-            cache
-                .get("k", async { Ok((2, Duration::from_secs(60))) })
-                .await
-                .unwrap(),
-            1
-        );
+        cache.get("k", async { Ok((1, Duration::from_millis(30))) }).await.unwrap();
+        assert_eq!(cache.get("k", async { Ok((2, Duration::from_secs(60))) }).await.unwrap(), 1);
         tokio::time::sleep(Duration::from_millis(60)).await; // let the TTL pass
-        assert_eq!(
-            cache
-                .get("k", async { Ok((2, Duration::from_secs(60))) })
-                .await
-                .unwrap(),
-            2
-        );
+        assert_eq!(cache.get("k", async { Ok((2, Duration::from_secs(60))) }).await.unwrap(), 2);
     }
 
     #[tokio::test]
     async fn stale_entry_serves_only_transient_errors_within_window() {
         let cache = ReadThrough::<u32>::new(100, Some(Duration::from_millis(200)));
-        cache
-            .get("k", async { Ok((1, Duration::from_millis(20))) })
-            .await
-            .unwrap();
+        cache.get("k", async { Ok((1, Duration::from_millis(20))) }).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await; // expire the fresh entry
-        let r = cache
-            .get("k", async { Err(LookupError::Unavailable("down".into())) })
-            .await;
+        let r = cache.get("k", async { Err(LookupError::Unavailable("down".into())) }).await;
         assert_eq!(r.unwrap(), 1);
         let r = cache.get("k", async { Err(LookupError::NotFound) }).await;
-        assert!(
-            matches!(r, Err(LookupError::NotFound)),
-            "a definite answer is not hidden by stale data"
-        );
+        assert!(matches!(r, Err(LookupError::NotFound)), "a definite answer is not hidden by stale data");
         tokio::time::sleep(Duration::from_millis(250)).await; // past the stale window
-        let r = cache
-            .get("k", async { Err(LookupError::Unavailable("down".into())) })
-            .await;
+        let r = cache.get("k", async { Err(LookupError::Unavailable("down".into())) }).await;
         assert!(r.is_err());
     }
 }

@@ -24,11 +24,7 @@ pub const SETTINGS: &[Setting] = &[
         default: "0.0.0.0",
         help: "IP address to listen on (the shipped config/proxy.toml uses 127.0.0.1)",
     },
-    Setting {
-        name: "PROXY_PORT",
-        default: "4000",
-        help: "TCP port to listen on",
-    },
+    Setting { name: "PROXY_PORT", default: "4000", help: "TCP port to listen on" },
     Setting {
         name: "PROXY_PROTOCOL",
         default: "http",
@@ -74,21 +70,13 @@ pub const SETTINGS: &[Setting] = &[
         default: "300",
         help: "how long an expired runner entry may serve while the control plane is down",
     },
-    Setting {
-        name: "UPSTREAM_CONNECT_TIMEOUT_SEC",
-        default: "10",
-        help: "time limit to connect to a runner or app",
-    },
+    Setting { name: "UPSTREAM_CONNECT_TIMEOUT_SEC", default: "10", help: "time limit to connect to a runner or app" },
     Setting {
         name: "UPSTREAM_TIMEOUT_SEC",
         default: "300",
         help: "time limit for an upstream's response headers (504 after)",
     },
-    Setting {
-        name: "HEADER_READ_TIMEOUT_SEC",
-        default: "10",
-        help: "time limit for a client to send request headers",
-    },
+    Setting { name: "HEADER_READ_TIMEOUT_SEC", default: "10", help: "time limit for a client to send request headers" },
     Setting {
         name: "SHUTDOWN_TIMEOUT_SEC",
         default: "3600",
@@ -103,6 +91,12 @@ pub struct Config {
     /// `https` when users see https (cookies get `Secure`).
     pub https: bool,
     pub api_key: String,
+    /// Domain for printed preview URLs, with port if any.
+    pub domain: String,
+    /// `Domain` of auth cookies; `None`: the request host.
+    pub cookie_domain: Option<String>,
+    /// Secret for auth cookies; empty: derived from `api_key`.
+    pub cookie_secret: String,
     /// Base URL of the Daytona API, without a trailing slash.
     pub api_url: Option<String>,
     pub registry_file: PathBuf,
@@ -123,6 +117,8 @@ pub struct Config {
 pub struct CacheTtls {
     pub runner_ttl: Duration,
     pub public_ttl: Duration,
+    pub valid_credential_ttl: Duration,
+    pub invalid_credential_ttl: Duration,
 }
 
 impl Default for CacheTtls {
@@ -130,6 +126,8 @@ impl Default for CacheTtls {
         CacheTtls {
             runner_ttl: Duration::from_secs(120),
             public_ttl: Duration::from_secs(3600),
+            valid_credential_ttl: Duration::from_secs(120),
+            invalid_credential_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -142,20 +140,11 @@ pub struct ConfigError(pub Vec<String>);
 impl Config {
     /// Reads `file` (if given; `required` says whether a missing file is an
     /// error) and overrides it with `env`.
-    pub fn load(
-        file: &Path,
-        required: bool,
-        env: &HashMap<String, String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(file: &Path, required: bool, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(file) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => None,
-            Err(e) => {
-                return Err(ConfigError(vec![format!(
-                    "{}: cannot read: {e}",
-                    file.display()
-                )]))
-            }
+            Err(e) => return Err(ConfigError(vec![format!("{}: cannot read: {e}", file.display())])),
         };
         let table = match text {
             Some(text) => toml::from_str::<toml::Table>(&text)
@@ -173,27 +162,16 @@ impl Config {
         file_dir: &Path,
         env: &HashMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let mut s = Sources {
-            file,
-            file_dir,
-            env,
-            errors: Vec::new(),
-        };
+        let mut s = Sources { file, file_dir, env, errors: Vec::new() };
         for key in file.keys() {
             if !SETTINGS.iter().any(|st| st.name.eq_ignore_ascii_case(key)) {
-                s.errors
-                    .push(format!("{key}: unknown setting in the configuration file"));
+                s.errors.push(format!("{key}: unknown setting in the configuration file"));
             }
         }
         let address = s.get("PROXY_LISTEN_ADDRESS", |v| {
-            v.parse::<IpAddr>()
-                .map(Some)
-                .map_err(|_| "expected an IP address".into())
+            v.parse::<IpAddr>().map(Some).map_err(|_| "expected an IP address".into())
         });
-        let port: u16 = s.get("PROXY_PORT", |v| {
-            v.parse()
-                .map_err(|_| "expected a port number 0-65535".into())
-        });
+        let port: u16 = s.get("PROXY_PORT", |v| v.parse().map_err(|_| "expected a port number 0-65535".into()));
         let https = s.get("PROXY_PROTOCOL", |v| match v {
             "http" => Ok(false),
             "https" => Ok(true),
@@ -201,16 +179,16 @@ impl Config {
         });
         let api_key = s.get("PROXY_API_KEY", |v| Ok(v.to_string()));
         let api_url = s.get("DAYTONA_API_URL", parse_api_url);
+        let domain = s.get("PROXY_DOMAIN", |v| Ok(v.trim_end_matches('.').to_ascii_lowercase()));
+        let cookie_domain = s.get("COOKIE_DOMAIN", |v| Ok((!v.is_empty()).then(|| v.to_ascii_lowercase())));
+        let cookie_secret = s.get("AUTH_COOKIE_SECRET", |v| Ok(v.to_string()));
         if api_url.is_some() && api_key.is_empty() {
-            s.errors
-                .push("PROXY_API_KEY: required when DAYTONA_API_URL is set".into());
+            s.errors.push("PROXY_API_KEY: required when DAYTONA_API_URL is set".into());
         }
         let registry_file = s.get_path("REGISTRY_FILE");
         let registry_reload_interval = s.get("REGISTRY_RELOAD_INTERVAL_MS", millis);
         let allowed_base_domains = s.get("ALLOWED_BASE_DOMAINS", |v| {
-            Ok(list(v)
-                .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
-                .collect())
+            Ok(list(v).map(|d| d.trim_end_matches('.').to_ascii_lowercase()).collect())
         });
         let trusted_proxies = s.get("TRUSTED_PROXIES", |v| {
             list(v)
@@ -233,7 +211,10 @@ impl Config {
         Ok(Config {
             listen: SocketAddr::new(address.expect("checked above"), port),
             https,
+            domain: if domain.is_empty() { format!("preview.localhost:{port}") } else { domain },
             api_key,
+            cookie_domain,
+            cookie_secret,
             api_url,
             registry_file,
             registry_reload_interval,
@@ -251,8 +232,7 @@ impl Config {
 
     /// Defaults only: what tests start from.
     pub fn defaults() -> Config {
-        Config::from_sources(&toml::Table::new(), Path::new(""), &HashMap::new())
-            .expect("defaults are valid")
+        Config::from_sources(&toml::Table::new(), Path::new(""), &HashMap::new()).expect("defaults are valid")
     }
 
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
@@ -266,18 +246,12 @@ impl Config {
 
 /// The settings table as text, for `--help`.
 pub fn settings_help() -> String {
-    let mut out = String::from("Settings (environment variable, or the same name in lower case in the TOML file; environment wins):\n");
+    let mut out = String::from(
+        "Settings (environment variable, or the same name in lower case in the TOML file; environment wins):\n",
+    );
     for s in SETTINGS {
-        let default = if s.default.is_empty() {
-            "(empty)"
-        } else {
-            s.default
-        };
-        let _ = writeln!(
-            out,
-            "  {:<30} {}\n  {:<30} default: {}",
-            s.name, s.help, "", default
-        );
+        let default = if s.default.is_empty() { "(empty)" } else { s.default };
+        let _ = writeln!(out, "  {:<30} {}\n  {:<30} default: {}", s.name, s.help, "", default);
     }
     out
 }
@@ -309,27 +283,17 @@ impl Sources<'_> {
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Array(items) => items
                     .iter()
-                    .map(|i| {
-                        i.as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| i.to_string())
-                    })
+                    .map(|i| i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()))
                     .collect::<Vec<_>>()
                     .join(","),
                 other => {
-                    self.errors.push(format!(
-                        "{name}: unsupported value {other} in the configuration file"
-                    ));
+                    self.errors.push(format!("{name}: unsupported value {other} in the configuration file"));
                     String::new()
                 }
             };
             return (text, Origin::File);
         }
-        let default = SETTINGS
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| s.default)
-            .unwrap_or_default();
+        let default = SETTINGS.iter().find(|s| s.name == name).map(|s| s.default).unwrap_or_default();
         (default.to_string(), Origin::Default)
     }
 
@@ -343,9 +307,7 @@ impl Sources<'_> {
                     Origin::File => "configuration file",
                     Origin::Default => "default",
                 };
-                self.errors.push(format!(
-                    "{name}: invalid value {raw:?} (from {from}): {why}"
-                ));
+                self.errors.push(format!("{name}: invalid value {raw:?} (from {from}): {why}"));
                 T::default()
             }
         }
@@ -373,9 +335,7 @@ fn seconds(v: &str) -> Result<Duration, String> {
 }
 
 fn seconds_or_zero(v: &str) -> Result<Duration, String> {
-    v.parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| "expected a whole number of seconds".into())
+    v.parse::<u64>().map(Duration::from_secs).map_err(|_| "expected a whole number of seconds".into())
 }
 
 fn millis(v: &str) -> Result<Duration, String> {
@@ -401,10 +361,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn file(text: &str) -> toml::Table {
@@ -425,8 +382,7 @@ mod tests {
     #[test]
     fn environment_overrides_file() {
         let f = file("proxy_port = 5000\nproxy_protocol = \"https\"\nregistry_file = \"reg.toml\"");
-        let c = Config::from_sources(&f, Path::new("/etc/pp"), &env(&[("PROXY_PORT", "6000")]))
-            .unwrap();
+        let c = Config::from_sources(&f, Path::new("/etc/pp"), &env(&[("PROXY_PORT", "6000")])).unwrap();
         assert_eq!(c.listen.port(), 6000);
         assert!(c.https);
         assert_eq!(c.registry_file, PathBuf::from("/etc/pp/reg.toml"));
@@ -472,10 +428,7 @@ mod tests {
         let c = Config::from_sources(
             &toml::Table::new(),
             Path::new(""),
-            &env(&[
-                ("DAYTONA_API_URL", "http://api:3000/api/"),
-                ("PROXY_API_KEY", "k"),
-            ]),
+            &env(&[("DAYTONA_API_URL", "http://api:3000/api/"), ("PROXY_API_KEY", "k")]),
         )
         .unwrap();
         assert_eq!(c.api_url.as_deref(), Some("http://api:3000/api"));
@@ -491,8 +444,7 @@ mod tests {
 
     #[test]
     fn missing_required_file_names_it() {
-        let e =
-            Config::load(Path::new("/nonexistent/proxy.toml"), true, &HashMap::new()).unwrap_err();
+        let e = Config::load(Path::new("/nonexistent/proxy.toml"), true, &HashMap::new()).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/proxy.toml"));
         assert!(Config::load(Path::new("/nonexistent/proxy.toml"), false, &HashMap::new()).is_ok());
     }

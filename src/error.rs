@@ -6,6 +6,7 @@ use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use crate::auth::Denied;
 use crate::control_plane::LookupError;
 use crate::host::Port;
 use crate::Body;
@@ -20,7 +21,7 @@ pub enum ProxyError {
     #[error("sandbox not found")]
     SandboxNotFound,
     #[error("authentication required")]
-    Unauthorized,
+    Unauthorized(Denied),
     #[error("path not allowed")]
     BadPath,
     #[error("control plane unavailable: {0}")]
@@ -51,7 +52,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute | ProxyError::SandboxNotFound => StatusCode::NOT_FOUND,
-            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::BadPath => StatusCode::BAD_REQUEST,
             ProxyError::ControlPlaneUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ControlPlaneInvalid(_)
@@ -67,7 +68,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "NOT_FOUND",
             ProxyError::SandboxNotFound => "SANDBOX_NOT_FOUND",
-            ProxyError::Unauthorized => "UNAUTHORIZED",
+            ProxyError::Unauthorized(_) => "UNAUTHORIZED",
             ProxyError::BadPath => "BAD_PATH",
             ProxyError::ControlPlaneUnavailable(_) => "CONTROL_PLANE_UNAVAILABLE",
             ProxyError::ControlPlaneInvalid(_) => "CONTROL_PLANE_ERROR",
@@ -83,11 +84,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "No preview at this address".into(),
             ProxyError::SandboxNotFound => "Sandbox not found".into(),
-            ProxyError::Unauthorized => "This preview needs credentials".into(),
+            ProxyError::Unauthorized(_) => "This preview needs credentials".into(),
             ProxyError::BadPath => "Path not allowed".into(),
-            ProxyError::ControlPlaneUnavailable(_) => {
-                "Preview service temporarily unavailable".into()
-            }
+            ProxyError::ControlPlaneUnavailable(_) => "Preview service temporarily unavailable".into(),
             ProxyError::ControlPlaneInvalid(_) => "Preview service error".into(),
             ProxyError::PortNotListening(port) => format!("Nothing is listening on port {port}"),
             ProxyError::RunnerUnreachable(_) => "Sandbox host unreachable".into(),
@@ -104,7 +103,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "There is no preview at this address. Preview URLs look like <port>-<sandboxId>.<domain>.".into(),
             ProxyError::SandboxNotFound => "The sandbox in this URL does not exist or has no running host. Check the URL; the sandbox may have been deleted or archived.".into(),
-            ProxyError::Unauthorized => "This preview is private or does not exist. Send 'Authorization: Bearer <API key>', the header 'X-Daytona-Preview-Token: <token>', the query parameter DAYTONA_SANDBOX_AUTH_KEY=<token>, or open a signed preview URL.".into(),
+            ProxyError::Unauthorized(denied) => denied.message(),
             ProxyError::BadPath => "The request path must start with '/' and must not contain '.' or '..' segments (also percent-encoded or with backslashes). Request the resolved path instead.".into(),
             ProxyError::ControlPlaneUnavailable(_) => "The service that knows where sandboxes run is not answering. Try again in a few seconds.".into(),
             ProxyError::ControlPlaneInvalid(_) => "The service that knows where sandboxes run gave an answer the proxy cannot use. Try again; if it persists, contact the operator.".into(),
@@ -135,9 +134,7 @@ const TEMPLATE: &str = include_str!("error_page.html");
 
 impl ErrorPages {
     pub fn new() -> ErrorPages {
-        let (head, tail) = TEMPLATE
-            .split_once("{{content}}")
-            .expect("error_page.html has {{content}}");
+        let (head, tail) = TEMPLATE.split_once("{{content}}").expect("error_page.html has {{content}}");
         ErrorPages { head, tail }
     }
 
@@ -160,15 +157,8 @@ impl ErrorPages {
             page.push_str(self.tail);
             ("text/html; charset=utf-8", Bytes::from(page))
         } else {
-            let json = ErrorJson {
-                status_code: status.as_u16(),
-                message: &message,
-                code: err.code(),
-            };
-            (
-                "application/json",
-                Bytes::from(serde_json::to_vec(&json).expect("plain struct serialises")),
-            )
+            let json = ErrorJson { status_code: status.as_u16(), message: &message, code: err.code() };
+            ("application/json", Bytes::from(serde_json::to_vec(&json).expect("plain struct serialises")))
         };
         let mut resp = Response::new(Either::Right(Full::new(body)));
         *resp.status_mut() = status;
@@ -190,10 +180,7 @@ impl Default for ErrorPages {
 
 /// Whether the client accepts HTML (a browser navigation).
 pub fn wants_html(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(ACCEPT)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")))
+    headers.get_all(ACCEPT).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")))
 }
 
 /// Appends `s` with HTML special characters escaped.
@@ -223,10 +210,8 @@ mod tests {
     #[tokio::test]
     async fn json_by_default() {
         let pages = ErrorPages::new();
-        let resp = pages.render(
-            &ProxyError::PortNotListening(Port::parse("3000").unwrap()),
-            wants_html(&HeaderMap::new()),
-        );
+        let resp =
+            pages.render(&ProxyError::PortNotListening(Port::parse("3000").unwrap()), wants_html(&HeaderMap::new()));
         assert_eq!(resp.status(), 502);
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
         let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
@@ -239,25 +224,13 @@ mod tests {
     async fn html_for_browsers_and_retry_after_on_503() {
         let pages = ErrorPages::new();
         let mut headers = HeaderMap::new();
-        headers.insert(
-            ACCEPT,
-            HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8"),
-        );
-        let resp = pages.render(
-            &ProxyError::ControlPlaneUnavailable("x".into()),
-            wants_html(&headers),
-        );
+        headers.insert(ACCEPT, HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8"));
+        let resp = pages.render(&ProxyError::ControlPlaneUnavailable("x".into()), wants_html(&headers));
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.headers()[RETRY_AFTER], "5");
-        assert!(resp.headers()[CONTENT_TYPE]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html"));
+        assert!(resp.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
         let text = body_text(resp).await;
-        assert!(
-            text.contains("<h1>503 · Preview service temporarily unavailable</h1>"),
-            "{text}"
-        );
+        assert!(text.contains("<h1>503 · Preview service temporarily unavailable</h1>"), "{text}");
         assert!(!text.contains("{{content}}"));
     }
 
@@ -265,10 +238,7 @@ mod tests {
     fn escapes_html() {
         let mut s = String::new();
         push_escaped(&mut s, r#""><script>alert('x')</script>&"#);
-        assert_eq!(
-            s,
-            "&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;"
-        );
+        assert_eq!(s, "&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;");
     }
 
     #[test]
@@ -277,17 +247,14 @@ mod tests {
         let all = [
             ProxyError::NoRoute,
             ProxyError::SandboxNotFound,
-            ProxyError::Unauthorized,
+            ProxyError::Unauthorized(Denied::default()),
             ProxyError::BadPath,
             ProxyError::ControlPlaneUnavailable(String::new()),
             ProxyError::ControlPlaneInvalid(String::new()),
             ProxyError::PortNotListening(port),
             ProxyError::RunnerUnreachable(String::new()),
             ProxyError::UpstreamTimeout(port),
-            ProxyError::UpstreamFailed {
-                port,
-                detail: String::new(),
-            },
+            ProxyError::UpstreamFailed { port, detail: String::new() },
         ];
         for e in all {
             assert!(e.status().is_client_error() || e.status().is_server_error());

@@ -70,38 +70,22 @@ pub fn client(config: &Config) -> HttpClient {
 /// Builds the upstream URI. The path and query are copied byte for byte; in
 /// runner mode a path with dot segments is refused, since the runner's router
 /// could resolve them into another sandbox's prefix.
-pub fn upstream_uri(
-    target: &Target,
-    sandbox_id: &str,
-    port: Port,
-    path_and_query: &str,
-) -> Result<Uri, ProxyError> {
+pub fn upstream_uri(target: &Target, sandbox_id: &str, port: Port, path_and_query: &str) -> Result<Uri, ProxyError> {
     if !path_and_query.starts_with('/') {
         return Err(ProxyError::BadPath);
     }
     let uri = match target {
         Target::Runner(runner) => {
-            let path = path_and_query
-                .split_once('?')
-                .map_or(path_and_query, |(p, _)| p);
+            let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
             if has_dot_segment(path) {
                 return Err(ProxyError::BadPath);
             }
-            let pq = format!(
-                "{}/sandboxes/{sandbox_id}/toolbox/proxy/{port}{path_and_query}",
-                runner.prefix
-            );
-            Uri::builder()
-                .scheme(runner.scheme.clone())
-                .authority(runner.authority.clone())
-                .path_and_query(pq)
-                .build()
+            let pq = format!("{}/sandboxes/{sandbox_id}/toolbox/proxy/{port}{path_and_query}", runner.prefix);
+            Uri::builder().scheme(runner.scheme.clone()).authority(runner.authority.clone()).path_and_query(pq).build()
         }
-        Target::Direct(host) => Uri::builder()
-            .scheme("http")
-            .authority(format!("{host}:{port}"))
-            .path_and_query(path_and_query)
-            .build(),
+        Target::Direct(host) => {
+            Uri::builder().scheme("http").authority(format!("{host}:{port}")).path_and_query(path_and_query).build()
+        }
     };
     uri.map_err(|_| ProxyError::BadPath)
 }
@@ -112,11 +96,7 @@ pub fn has_dot_segment(path: &str) -> bool {
     let b = path.as_bytes();
     let (mut i, mut dots, mut other, mut params) = (0, 0, false, false);
     loop {
-        let (c, len) = if i < b.len() {
-            decode_at(b, i)
-        } else {
-            (b'/', 1)
-        };
+        let (c, len) = if i < b.len() { decode_at(b, i) } else { (b'/', 1) };
         match c {
             b'/' | b'\\' => {
                 if !other && (dots == 1 || dots == 2) {
@@ -137,7 +117,7 @@ pub fn has_dot_segment(path: &str) -> bool {
 }
 
 /// The byte at `i`, percent-decoded, and how many input bytes it used.
-fn decode_at(b: &[u8], i: usize) -> (u8, usize) {
+pub(crate) fn decode_at(b: &[u8], i: usize) -> (u8, usize) {
     if b[i] == b'%' && i + 2 < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
         if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
@@ -232,12 +212,7 @@ fn join_cookies(headers: &mut HeaderMap) {
     if values.next().is_none() || values.next().is_none() {
         return;
     }
-    let joined = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let joined = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join("; ");
     if let Ok(v) = HeaderValue::try_from(joined) {
         headers.insert(header::COOKIE, v);
     }
@@ -332,19 +307,13 @@ fn classify(err: &hyper_util::client::legacy::Error, port: Port, direct: bool) -
         return match (kind, direct) {
             (Some(io::ErrorKind::TimedOut), _) => ProxyError::UpstreamTimeout(port),
             (Some(io::ErrorKind::ConnectionRefused), true) => ProxyError::PortNotListening(port),
-            (_, true) => ProxyError::UpstreamFailed {
-                port,
-                detail: err.source().map(|e| e.to_string()).unwrap_or_default(),
-            },
-            (_, false) => ProxyError::RunnerUnreachable(
-                err.source().map(|e| e.to_string()).unwrap_or_default(),
-            ),
+            (_, true) => {
+                ProxyError::UpstreamFailed { port, detail: err.source().map(|e| e.to_string()).unwrap_or_default() }
+            }
+            (_, false) => ProxyError::RunnerUnreachable(err.source().map(|e| e.to_string()).unwrap_or_default()),
         };
     }
-    let detail = err
-        .source()
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| err.to_string());
+    let detail = err.source().map(|e| e.to_string()).unwrap_or_else(|| err.to_string());
     ProxyError::UpstreamFailed { port, detail }
 }
 
@@ -406,22 +375,13 @@ mod tests {
         ];
         for pq in cases {
             let uri = upstream_uri(&runner(), "sbx-1", port("3000"), pq).unwrap();
-            assert_eq!(
-                uri.to_string(),
-                format!("http://runner:3003/sandboxes/sbx-1/toolbox/proxy/3000{pq}")
-            );
+            assert_eq!(uri.to_string(), format!("http://runner:3003/sandboxes/sbx-1/toolbox/proxy/3000{pq}"));
         }
     }
 
     #[test]
     fn direct_uri_keeps_path_and_query_bytes() {
-        let uri = upstream_uri(
-            &Target::Direct("127.0.0.1".into()),
-            "demo",
-            port("8000"),
-            "/x/%2e%2e/y?q=%20",
-        )
-        .unwrap();
+        let uri = upstream_uri(&Target::Direct("127.0.0.1".into()), "demo", port("8000"), "/x/%2e%2e/y?q=%20").unwrap();
         assert_eq!(uri.to_string(), "http://127.0.0.1:8000/x/%2e%2e/y?q=%20");
     }
 
@@ -439,33 +399,14 @@ mod tests {
             "/a/..;x/b",
             "/a/%2e",
         ] {
-            assert!(
-                matches!(
-                    upstream_uri(&runner(), "a", port("3000"), pq),
-                    Err(ProxyError::BadPath)
-                ),
-                "{pq}"
-            );
+            assert!(matches!(upstream_uri(&runner(), "a", port("3000"), pq), Err(ProxyError::BadPath)), "{pq}");
         }
     }
 
     #[test]
     fn dot_segment_table() {
-        let yes = [
-            "/..", "/.", "/a/../b", "/%2e%2e/", "/%2E./", "/a/.;p/b", "\\..\\",
-        ];
-        let no = [
-            "/",
-            "/a.b",
-            "/...",
-            "/.well-known/x",
-            "/a..b",
-            "/%2e%2e%2e",
-            "/a/.x",
-            "/file.",
-            "/%2",
-            "/%",
-        ];
+        let yes = ["/..", "/.", "/a/../b", "/%2e%2e/", "/%2E./", "/a/.;p/b", "\\..\\"];
+        let no = ["/", "/a.b", "/...", "/.well-known/x", "/a..b", "/%2e%2e%2e", "/a/.x", "/file.", "/%2", "/%"];
         for p in yes {
             assert!(has_dot_segment(p), "{p}");
         }
@@ -478,10 +419,7 @@ mod tests {
     fn upgrade_matches_connection_tokens() {
         let mut h = HeaderMap::new();
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         assert!(is_upgrade(&h));
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         assert!(!is_upgrade(&h));
@@ -491,22 +429,13 @@ mod tests {
     fn request_headers_are_rewritten() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("3000-a.proxy.io"));
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-custom-hop"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-custom-hop"));
         h.insert("x-custom-hop", HeaderValue::from_static("1"));
         h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        h.insert(
-            X_FORWARDED_HOST,
-            HeaderValue::from_static("customer.example.com"),
-        );
-        h.insert(
-            X_DAYTONA_AUTHORIZATION,
-            HeaderValue::from_static("Bearer forged"),
-        );
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("customer.example.com"));
+        h.insert(X_DAYTONA_AUTHORIZATION, HeaderValue::from_static("Bearer forged"));
         h.append(header::COOKIE, HeaderValue::from_static("a=1"));
         h.append(header::COOKIE, HeaderValue::from_static("b=2"));
         let down = Downstream {
@@ -518,40 +447,17 @@ mod tests {
         prepare_request_headers(&mut h, &down, &runner(), None);
         assert!(h.get(header::HOST).is_none());
         assert!(h.get("x-custom-hop").is_none());
-        assert!(
-            h.get(KEEP_ALIVE).is_none()
-                && h.get(header::TE).is_none()
-                && h.get(header::CONNECTION).is_none()
-        );
+        assert!(h.get(KEEP_ALIVE).is_none() && h.get(header::TE).is_none() && h.get(header::CONNECTION).is_none());
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
         assert_eq!(h[X_FORWARDED_HOST], "customer.example.com");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
-        assert_eq!(
-            h.get_all(X_DAYTONA_AUTHORIZATION)
-                .iter()
-                .collect::<Vec<_>>(),
-            ["Bearer key"]
-        );
-        assert_eq!(
-            h.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
-            ["a=1; b=2"]
-        );
+        assert_eq!(h.get_all(X_DAYTONA_AUTHORIZATION).iter().collect::<Vec<_>>(), ["Bearer key"]);
+        assert_eq!(h.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
 
-        let untrusted = Downstream {
-            trusted: false,
-            ..down
-        };
+        let untrusted = Downstream { trusted: false, ..down };
         let mut h = HeaderMap::new();
-        h.insert(
-            X_FORWARDED_HOST,
-            HeaderValue::from_static("spoofed.example.com"),
-        );
-        prepare_request_headers(
-            &mut h,
-            &untrusted,
-            &Target::Direct("127.0.0.1".into()),
-            None,
-        );
+        h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed.example.com"));
+        prepare_request_headers(&mut h, &untrusted, &Target::Direct("127.0.0.1".into()), None);
         assert_eq!(h[X_FORWARDED_HOST], "3000-a.proxy.io");
         assert!(h.get(X_DAYTONA_AUTHORIZATION).is_none());
     }
@@ -559,10 +465,7 @@ mod tests {
     #[test]
     fn upgrade_headers_survive() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let down = Downstream {
             peer: "127.0.0.1".parse().unwrap(),
@@ -570,12 +473,7 @@ mod tests {
             host: HeaderValue::from_static("h"),
             proto: "http",
         };
-        prepare_request_headers(
-            &mut h,
-            &down,
-            &runner(),
-            Some(HeaderValue::from_static("websocket")),
-        );
+        prepare_request_headers(&mut h, &down, &runner(), Some(HeaderValue::from_static("websocket")));
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
     }

@@ -95,12 +95,7 @@ pub fn parse(raw: &str, allowed_bases: &[String]) -> Option<PreviewHost> {
         return None;
     }
     let key_start = port_len(port) + 1;
-    Some(PreviewHost {
-        host: name.to_ascii_lowercase(),
-        port,
-        key_start,
-        key_end: key_start + key.len(),
-    })
+    Some(PreviewHost { host: name.to_ascii_lowercase(), port, key_start, key_end: key_start + key.len() })
 }
 
 /// Removes a `:port` suffix. An IPv6 literal (`[::1]:4000`) is returned with
@@ -130,8 +125,7 @@ fn is_key_byte(b: u8) -> bool {
 }
 
 fn is_hostname(s: &str) -> bool {
-    s.split('.')
-        .all(|label| !label.is_empty() && label.len() <= 63 && label.bytes().all(is_key_byte))
+    s.split('.').all(|label| !label.is_empty() && label.len() <= 63 && label.bytes().all(is_key_byte))
 }
 
 #[cfg(test)]
@@ -154,16 +148,10 @@ mod tests {
             (&uuid_host, Some((3000, UUID, "preview.example.com"))),
             (&upper, Some((3000, UUID, "preview.example.com"))),
             (&dotted, Some((8080, UUID, "proxy.localhost"))),
-            (
-                "8000-demo.preview.localhost:4000",
-                Some((8000, "demo", "preview.localhost")),
-            ),
+            ("8000-demo.preview.localhost:4000", Some((8000, "demo", "preview.localhost"))),
             ("1-x.y", Some((1, "x", "y"))),
             ("65535-x.y", Some((65535, "x", "y"))),
-            (
-                "2280-abc123token.proxy.io",
-                Some((2280, "abc123token", "proxy.io")),
-            ),
+            ("2280-abc123token.proxy.io", Some((2280, "abc123token", "proxy.io"))),
             ("3000-a-b-c.d.e", Some((3000, "a-b-c", "d.e"))),
             ("02280-sbx.proxy.io", None),
             ("0-x.proxy.io", None),
@@ -190,8 +178,7 @@ mod tests {
             ("", None),
         ];
         for (input, want) in cases {
-            let got = parse(input, &[])
-                .map(|h| (h.port().get(), h.key().to_string(), h.base().to_string()));
+            let got = parse(input, &[]).map(|h| (h.port().get(), h.key().to_string(), h.base().to_string()));
             let want = want.map(|(p, k, b)| (p, k.to_string(), b.to_string()));
             assert_eq!(got, want, "host {input:?}");
         }

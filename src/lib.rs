@@ -1,6 +1,8 @@
 //! preview-proxy: serves sandbox preview URLs (`<port>-<sandboxId>.<domain>`)
 //! by routing each request to the runner or app that hosts the sandbox.
 
+pub mod auth;
+pub mod auth_cookie;
 pub mod cache;
 pub mod config;
 pub mod control_plane;

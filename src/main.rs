@@ -22,9 +22,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let env: HashMap<String, String> = std::env::vars().collect();
     let path = cli.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
@@ -49,9 +47,9 @@ fn main() -> ExitCode {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let proxy = Arc::new(Proxy::new(config)?);
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        anyhow::anyhow!("PROXY_LISTEN_ADDRESS/PROXY_PORT: cannot listen on {listen}: {e}")
-    })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("PROXY_LISTEN_ADDRESS/PROXY_PORT: cannot listen on {listen}: {e}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "preview-proxy listening");
     server::run(listener, proxy, server::shutdown_signal()).await?;

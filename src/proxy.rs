@@ -1,17 +1,20 @@
 //! The request pipeline, top to bottom: parse host -> the proxy's own routes,
 //! or look up the sandbox -> authorise -> resolve target -> forward -> log.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, UPGRADE};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, SET_COOKIE, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::auth::{self, Credentials};
+use crate::auth_cookie::{self, CookieSigner};
 use crate::config::Config;
-use crate::control_plane::{ControlPlane, DaytonaApi, Registry, Target};
+use crate::control_plane::{unix_now, ControlPlane, DaytonaApi, Registry, Target};
 use crate::error::{wants_html, ErrorPages, ProxyError};
 use crate::forward::{self, Downstream, HttpClient};
 use crate::host::{self, PreviewHost};
@@ -24,6 +27,8 @@ pub struct Proxy {
     /// Pooled upstream client.
     client: HttpClient,
     pages: ErrorPages,
+    /// Signs and checks auth cookies.
+    signer: CookieSigner,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     proto: &'static str,
     /// `/health` answer, built once.
@@ -38,19 +43,26 @@ impl Proxy {
         let control_plane = match &config.api_url {
             Some(_) => ControlPlane::Api(Box::new(DaytonaApi::new(&config)?)),
             None => {
-                let registry = Registry::open(&config.registry_file)
-                    .map_err(|e| anyhow::anyhow!("REGISTRY_FILE: {e}"))?;
+                let registry =
+                    Registry::open(&config.registry_file).map_err(|e| anyhow::anyhow!("REGISTRY_FILE: {e}"))?;
                 registry.watch(config.registry_reload_interval);
                 ControlPlane::Registry(registry)
             }
         };
-        let health =
-            serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
+        let secret = if !config.cookie_secret.is_empty() { &config.cookie_secret } else { &config.api_key };
+        let signer = if secret.is_empty() {
+            tracing::warn!("neither AUTH_COOKIE_SECRET nor PROXY_API_KEY is set: auth cookies use a random key and end with this process");
+            CookieSigner::random()
+        } else {
+            CookieSigner::new(secret.as_bytes())
+        };
+        let health = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
         Ok(Proxy {
             client: forward::client(&config),
             proto: if config.https { "https" } else { "http" },
             control_plane,
             pages: ErrorPages::new(),
+            signer,
             health: Bytes::from(health),
             config,
         })
@@ -97,42 +109,55 @@ impl Proxy {
         peer: SocketAddr,
         host_value: HeaderValue,
     ) -> Result<Response<Body>, ProxyError> {
-        let sandbox_id = host.key();
-        let public = self.control_plane.is_public(sandbox_id).await?;
-        if !public || host.port().is_reserved() {
-            return Err(ProxyError::Unauthorized);
-        }
-        let target = self.control_plane.target(sandbox_id).await?;
-        let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let uri = forward::upstream_uri(&target, sandbox_id, host.port(), path_and_query)?;
-
         let upgrade = forward::is_upgrade(req.headers()).then(|| req.headers()[UPGRADE].clone());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let trusted = self.config.is_trusted_proxy(peer.ip());
-        let down = Downstream {
-            peer: peer.ip(),
-            trusted,
-            host: host_value,
-            proto: self.proto,
+        let original = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        // Credentials leave the request whether or not this sandbox needs them.
+        let (creds, stripped) = Credentials::take(&mut parts.headers, original, host.key());
+        let path_and_query = stripped.as_deref().unwrap_or(original);
+
+        let mut set_cookie = None;
+        let public = self.control_plane.is_public(host.key()).await?;
+        let sandbox_id: Cow<str> = if public && !host.port().is_reserved() {
+            Cow::Borrowed(host.key())
+        } else {
+            let client_ip = auth::client_ip(peer.ip(), &parts.headers, |ip| self.config.is_trusted_proxy(ip));
+            let now = unix_now();
+            let granted = auth::authenticate(&self.control_plane, &self.signer, host, &creds, client_ip, now).await?;
+            if granted.bearer_used {
+                parts.headers.remove(AUTHORIZATION);
+            }
+            if let Some(grant) = granted.cookie {
+                let name = auth_cookie::cookie_name(host.key());
+                let domain = match &self.config.cookie_domain {
+                    Some(d) => Cow::Borrowed(d.as_str()),
+                    None => Cow::Owned(format!(".{}", host.as_str())),
+                };
+                let value = self.signer.sign(&name, &grant, now);
+                set_cookie = Some(auth_cookie::set_cookie(&name, value, &domain, self.config.https));
+            }
+            Cow::Owned(granted.sandbox_id)
         };
+        let target = self.control_plane.target(&sandbox_id).await?;
+        let uri = forward::upstream_uri(&target, &sandbox_id, host.port(), path_and_query)?;
+
+        let trusted = self.config.is_trusted_proxy(peer.ip());
+        let down = Downstream { peer: peer.ip(), trusted, host: host_value, proto: self.proto };
         forward::prepare_request_headers(&mut parts.headers, &down, &target, upgrade);
         parts.uri = uri;
         parts.version = forward::UPSTREAM_VERSION;
         let direct = matches!(target, Target::Direct(_));
 
-        let mut resp = forward::send(
-            &self.client,
-            Request::from_parts(parts, Either::Left(body)),
-            self.config.upstream_timeout,
-            host.port(),
-            direct,
-        )
-        .await?;
+        let out = Request::from_parts(parts, Either::Left(body));
+        let mut resp = forward::send(&self.client, out, self.config.upstream_timeout, host.port(), direct).await?;
         if !direct && forward::is_empty_bad_gateway(&resp) {
             return Err(ProxyError::PortNotListening(host.port()));
         }
         forward::prepare_response_headers(&mut resp);
+        if let Some(cookie) = set_cookie {
+            resp.headers_mut().append(SET_COOKIE, cookie);
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 forward::tunnel(client, hyper::upgrade::on(&mut resp));
@@ -145,8 +170,7 @@ impl Proxy {
     fn own_route(&self, req: &Request<Incoming>, html: bool) -> Response<Body> {
         if req.uri().path() == "/health" && matches!(*req.method(), Method::GET | Method::HEAD) {
             let mut resp = Response::new(Either::Right(Full::new(self.health.clone())));
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             return resp;
         }
         self.pages.render(&ProxyError::NoRoute, html)

@@ -17,21 +17,11 @@ use crate::proxy::Proxy;
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and
 /// lets in-flight requests finish, up to the configured shutdown timeout.
-pub async fn run(
-    listener: TcpListener,
-    proxy: Arc<Proxy>,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
+pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let config = proxy.config();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(1000);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
     let graceful = GracefulShutdown::new();
     let shutdown_timeout = config.shutdown_timeout;
     tokio::pin!(shutdown);
@@ -56,9 +46,7 @@ pub async fn run(
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -80,9 +68,7 @@ pub async fn run(
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
     )
 }
 

@@ -14,9 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_preview-proxy");
 fn proxy_command() -> Command {
     let mut c = Command::new(BIN);
     // Run from an empty directory so no config/proxy.toml is picked up.
-    c.current_dir(std::env::temp_dir())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c.current_dir(std::env::temp_dir()).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
     c
 }
 
@@ -28,11 +26,7 @@ fn help_documents_every_setting_and_default() {
     for s in SETTINGS {
         assert!(text.contains(s.name), "{} missing from --help", s.name);
         if !s.default.is_empty() {
-            assert!(
-                text.contains(&format!("default: {}", s.default)),
-                "default of {} missing",
-                s.name
-            );
+            assert!(text.contains(&format!("default: {}", s.default)), "default of {} missing", s.name);
         }
     }
     assert!(text.contains("--config"));
@@ -55,14 +49,9 @@ fn bad_settings_stop_start_up_naming_each_setting() {
 
 #[test]
 fn a_missing_config_file_is_named() {
-    let out = proxy_command()
-        .args(["--config", "/nonexistent/proxy.toml"])
-        .output()
-        .unwrap();
+    let out = proxy_command().args(["--config", "/nonexistent/proxy.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8(out.stderr)
-        .unwrap()
-        .contains("/nonexistent/proxy.toml"));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("/nonexistent/proxy.toml"));
 }
 
 #[test]
@@ -70,17 +59,10 @@ fn a_broken_registry_is_a_start_up_error() {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry.toml");
     std::fs::write(&reg, "[[sandboxes]]\nid = \"a\"\n").unwrap();
-    let out = proxy_command()
-        .env("PROXY_PORT", "0")
-        .env("REGISTRY_FILE", &reg)
-        .output()
-        .unwrap();
+    let out = proxy_command().env("PROXY_PORT", "0").env("REGISTRY_FILE", &reg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains("REGISTRY_FILE") && err.contains("sandbox a"),
-        "{err}"
-    );
+    assert!(err.contains("REGISTRY_FILE") && err.contains("sandbox a"), "{err}");
 }
 
 #[tokio::test]
@@ -88,11 +70,7 @@ async fn runs_for_real_and_stops_on_sigterm() {
     let app = common::App::start().await;
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry.toml");
-    std::fs::write(
-        &reg,
-        "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n",
-    )
-    .unwrap();
+    std::fs::write(&reg, "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n").unwrap();
     let mut child = proxy_command()
         .env("PROXY_LISTEN_ADDRESS", "127.0.0.1")
         .env("PROXY_PORT", "0")
@@ -104,10 +82,7 @@ async fn runs_for_real_and_stops_on_sigterm() {
     let stdout = child.stdout.take().unwrap();
     let addr = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines
-            .find(|l| l.as_ref().is_ok_and(|l| l.contains("listening")))
-            .expect("listening line")
-            .unwrap();
+        let line = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("listening"))).expect("listening line").unwrap();
         let addr = line.rsplit("address=").next().unwrap().trim().to_string();
         // Keep draining so the child never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
@@ -119,10 +94,7 @@ async fn runs_for_real_and_stops_on_sigterm() {
     let client = common::client();
     let req = http::Request::builder()
         .uri(format!("http://{addr}/hello?x=1"))
-        .header(
-            "host",
-            format!("{}-demo.preview.localhost", app.addr.port()),
-        )
+        .header("host", format!("{}-demo.preview.localhost", app.addr.port()))
         .body(common::empty())
         .unwrap();
     let resp = client.request(req).await.unwrap();

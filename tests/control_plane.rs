@@ -30,13 +30,9 @@ async fn thousand_concurrent_first_requests_make_one_lookup_each() {
             // One connection per request: 1,000 concurrent first requests.
             let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
             let req = format!("GET /r{i} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
-            tokio::io::AsyncWriteExt::write_all(&mut stream, req.as_bytes())
-                .await
-                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stream, req.as_bytes()).await.unwrap();
             let mut out = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut out)
-                .await
-                .unwrap();
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut out).await.unwrap();
             String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")
         });
     }
@@ -59,13 +55,7 @@ async fn warm_cache_makes_no_further_calls() {
     }
     assert_eq!((api.calls("public"), api.calls("runner")), (1, 1));
     // The API is called with the proxy's key.
-    assert!(api
-        .state
-        .authorizations
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|a| a == "Bearer proxy-secret"));
+    assert!(api.state.authorizations.lock().unwrap().iter().all(|a| a == "Bearer proxy-secret"));
 }
 
 #[tokio::test]
@@ -79,11 +69,7 @@ async fn private_and_unknown_sandboxes_look_the_same_without_credentials() {
     assert_eq!(unknown.status, 401);
     assert_eq!(private.body, unknown.body);
     assert_eq!(private.json()["code"], "UNAUTHORIZED");
-    assert_eq!(
-        api.calls("runner"),
-        0,
-        "no runner lookup before authorisation"
-    );
+    assert_eq!(api.calls("runner"), 0, "no runner lookup before authorisation");
     assert!(runner.seen().is_empty());
 }
 
@@ -167,10 +153,7 @@ async fn stalled_api_gives_503_within_the_client_timeout() {
     let started = Instant::now();
     let a = get(&proxy, HOST, "/").await;
     assert_eq!(a.status, 503);
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "bounded by the client timeout"
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "bounded by the client timeout");
 }
 
 #[tokio::test]
@@ -186,14 +169,8 @@ async fn expired_runner_entry_serves_while_api_is_down() {
     tokio::time::sleep(Duration::from_millis(150)).await; // let the runner entry expire
     let a = get(&proxy, HOST, "/after-expiry").await;
     assert_eq!(a.status, 200, "served from the expired entry: {}", a.text());
-    assert!(
-        api.calls("runner") >= 2,
-        "the expired entry was refreshed first"
-    );
-    assert_eq!(
-        runner.last().target,
-        "/sandboxes/sbx1/toolbox/proxy/3000/after-expiry"
-    );
+    assert!(api.calls("runner") >= 2, "the expired entry was refreshed first");
+    assert_eq!(runner.last().target, "/sandboxes/sbx1/toolbox/proxy/3000/after-expiry");
     // A sandbox never seen has nothing to fall back on.
     let a = get(&proxy, "3000-fresh.preview.localhost", "/").await;
     assert_eq!(a.status, 503);
@@ -226,11 +203,8 @@ async fn registry_edits_apply_without_restart() {
     assert_eq!(get(&proxy, &one, "/").await.status, 200);
     assert_eq!(get(&proxy, &two, "/").await.status, 401);
 
-    std::fs::write(
-        &path,
-        "[[sandboxes]]\nid = \"two\"\npublic = true\nupstream = \"127.0.0.1\"\n# longer file\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "[[sandboxes]]\nid = \"two\"\npublic = true\nupstream = \"127.0.0.1\"\n# longer file\n")
+        .unwrap();
     wait_for(|| async { get(&proxy, &two, "/").await.status == 200 }).await;
     assert_eq!(get(&proxy, &one, "/").await.status, 401);
 
@@ -252,18 +226,10 @@ async fn registry_runner_mode_uses_runner_path_and_key() {
     );
     let (config, _dir, _path) = registry_config(&text);
     let proxy = TestProxy::start(config).await;
-    let a = get(
-        &proxy,
-        "5173-3A828150-1573-42E3-BF9F-9793A2C2C0C2.Preview.Example.com.:443",
-        "/x?y=1",
-    )
-    .await;
+    let a = get(&proxy, "5173-3A828150-1573-42E3-BF9F-9793A2C2C0C2.Preview.Example.com.:443", "/x?y=1").await;
     assert_eq!(a.status, 200);
     let seen = runner.last();
-    assert_eq!(
-        seen.target,
-        "/base/sandboxes/3a828150-1573-42e3-bf9f-9793a2c2c0c2/toolbox/proxy/5173/x?y=1"
-    );
+    assert_eq!(seen.target, "/base/sandboxes/3a828150-1573-42e3-bf9f-9793a2c2c0c2/toolbox/proxy/5173/x?y=1");
     assert_eq!(seen.headers["x-daytona-authorization"], "Bearer rk");
 }
 

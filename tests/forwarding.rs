@@ -53,10 +53,7 @@ async fn path_and_query_reach_the_runner_byte_for_byte() {
     for t in targets {
         let a = get(&proxy, "3000-sbx.preview.localhost", t).await;
         assert_eq!(a.status, 200, "{t}");
-        assert_eq!(
-            runner.last().target,
-            format!("/sandboxes/sbx/toolbox/proxy/3000{t}")
-        );
+        assert_eq!(runner.last().target, format!("/sandboxes/sbx/toolbox/proxy/3000{t}"));
     }
 }
 
@@ -75,15 +72,15 @@ async fn dot_segments_never_reach_the_runner() {
         "/./x",
     ];
     for path in attacks {
-        let answer = raw(&proxy, &format!("GET {path} HTTP/1.1\r\nHost: 3000-sbx.preview.localhost\r\nConnection: close\r\n\r\n")).await;
+        let answer = raw(
+            &proxy,
+            &format!("GET {path} HTTP/1.1\r\nHost: 3000-sbx.preview.localhost\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
         assert!(answer.contains("BAD_PATH"), "{path}: {answer}");
     }
-    assert!(
-        runner.seen().is_empty(),
-        "the runner saw {:?}",
-        runner.seen()
-    );
+    assert!(runner.seen().is_empty(), "the runner saw {:?}", runner.seen());
 }
 
 #[tokio::test]
@@ -118,28 +115,12 @@ async fn headers_are_rewritten_for_the_upstream() {
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "3000-sbx.preview.localhost:4000");
-    assert_eq!(
-        h.get_all("x-daytona-authorization")
-            .iter()
-            .collect::<Vec<_>>(),
-        ["Bearer runner-key"]
-    );
+    assert_eq!(h.get_all("x-daytona-authorization").iter().collect::<Vec<_>>(), ["Bearer runner-key"]);
     assert_eq!(h["host"], runner.addr.to_string().as_str());
 
     // A trusted front proxy's X-Forwarded-Host is kept as it is.
-    send(
-        &proxy,
-        "GET",
-        "3000-sbx.preview.localhost",
-        "/h",
-        &[("x-forwarded-host", "app.customer.com")],
-        empty(),
-    )
-    .await;
-    assert_eq!(
-        runner.last().headers["x-forwarded-host"],
-        "app.customer.com"
-    );
+    send(&proxy, "GET", "3000-sbx.preview.localhost", "/h", &[("x-forwarded-host", "app.customer.com")], empty()).await;
+    assert_eq!(runner.last().headers["x-forwarded-host"], "app.customer.com");
 }
 
 #[tokio::test]
@@ -147,12 +128,7 @@ async fn direct_mode_reaches_the_local_port() {
     let app = App::start().await;
     let (proxy, _dir) = proxy_with_runner(&app).await;
     let port = app.addr.port();
-    let a = get(
-        &proxy,
-        &format!("{port}-demo.preview.localhost"),
-        "/direct?x=1",
-    )
-    .await;
+    let a = get(&proxy, &format!("{port}-demo.preview.localhost"), "/direct?x=1").await;
     assert_eq!(a.status, 200);
     let seen = app.last();
     assert_eq!(seen.target, "/direct?x=1");
@@ -171,19 +147,9 @@ async fn bodies_stream_both_ways_64_mib() {
     let chunks = pattern_chunks(SIZE);
     let want = format!("{} {SIZE}", sha256_hex(&chunks));
     let stream = futures_util::stream::iter(
-        chunks
-            .into_iter()
-            .map(|c| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(c))),
+        chunks.into_iter().map(|c| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(c))),
     );
-    let a = send(
-        &proxy,
-        "POST",
-        host,
-        "/upload",
-        &[],
-        BodyExt::boxed(StreamBody::new(stream)),
-    )
-    .await;
+    let a = send(&proxy, "POST", host, "/upload", &[], BodyExt::boxed(StreamBody::new(stream))).await;
     assert_eq!(a.status, 200);
     assert_eq!(a.text(), want);
 
@@ -230,11 +196,7 @@ async fn stale_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
                     if round == 1 {
                         return; // close without answering
                     }
-                    reader
-                        .get_mut()
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await
-                        .unwrap();
+                    reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
                 }
             });
         }
@@ -245,8 +207,7 @@ async fn stale_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
 #[tokio::test]
 async fn stale_pooled_connection_is_retried_only_when_safe() {
     let (addr, seen) = stale_upstream().await;
-    let (config, _dir, _) =
-        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    let (config, _dir, _) = registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
     let proxy = TestProxy::start(config).await;
     let host = format!("{}-demo.preview.localhost", addr.port());
     let c = client();
@@ -260,20 +221,9 @@ async fn stale_pooled_connection_is_retried_only_when_safe() {
     };
     // Warm the pool, then a GET hits the stale connection and is retried.
     assert_eq!(c.request(req("GET", "/one")).await.unwrap().status(), 200);
-    let get = Request::builder()
-        .uri(proxy.url("/two"))
-        .header("host", host.as_str())
-        .body(empty())
-        .unwrap();
+    let get = Request::builder().uri(proxy.url("/two")).header("host", host.as_str()).body(empty()).unwrap();
     assert_eq!(c.request(get).await.unwrap().status(), 200);
-    assert_eq!(
-        *seen.lock().unwrap(),
-        [
-            "GET /one HTTP/1.1",
-            "GET /two HTTP/1.1",
-            "GET /two HTTP/1.1"
-        ]
-    );
+    assert_eq!(*seen.lock().unwrap(), ["GET /one HTTP/1.1", "GET /two HTTP/1.1", "GET /two HTTP/1.1"]);
 
     // A POST on a stale connection is never sent twice.
     seen.lock().unwrap().clear();
@@ -296,25 +246,13 @@ async fn upstream_errors_are_clear_and_never_empty() {
     let a = get(&proxy, &format!("{port}-demo.preview.localhost"), "/").await;
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["code"], "PORT_NOT_LISTENING");
-    assert!(a.json()["message"]
-        .as_str()
-        .unwrap()
-        .contains(&port.to_string()));
+    assert!(a.json()["message"].as_str().unwrap().contains(&port.to_string()));
 
     // The same as a browser page.
-    let a = send(
-        &proxy,
-        "GET",
-        &format!("{port}-demo.preview.localhost"),
-        "/",
-        &[("accept", "text/html")],
-        empty(),
-    )
-    .await;
+    let a =
+        send(&proxy, "GET", &format!("{port}-demo.preview.localhost"), "/", &[("accept", "text/html")], empty()).await;
     assert_eq!(a.status, 502);
-    assert!(a
-        .text()
-        .contains(&format!("Nothing is listening on port {port}")));
+    assert!(a.text().contains(&format!("Nothing is listening on port {port}")));
 
     // A runner's empty 502 means the app's port is not answering.
     let a = get(&proxy, "3000-sbx.preview.localhost", "/empty-502").await;
@@ -341,12 +279,7 @@ async fn upstream_timeout_is_504() {
         registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
     config.upstream_timeout = Duration::from_millis(300);
     let proxy = TestProxy::start(config).await;
-    let a = get(
-        &proxy,
-        &format!("{}-demo.preview.localhost", app.port()),
-        "/",
-    )
-    .await;
+    let a = get(&proxy, &format!("{}-demo.preview.localhost", app.port()), "/").await;
     assert_eq!(a.status, 504);
     assert_eq!(a.json()["code"], "UPSTREAM_TIMEOUT");
 }
@@ -371,8 +304,7 @@ async fn truncating_app(head: &'static str) -> u16 {
 
 #[tokio::test]
 async fn truncated_upstream_body_aborts_the_client() {
-    let (config, _dir, _) =
-        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    let (config, _dir, _) = registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
     let proxy = TestProxy::start(config).await;
     for head in [
         "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly-some-bytes",
@@ -387,10 +319,7 @@ async fn truncated_upstream_body_aborts_the_client() {
         let resp = client().request(req).await.expect("headers arrive");
         assert_eq!(resp.status(), 200);
         let body = resp.into_body().collect().await;
-        assert!(
-            body.is_err(),
-            "a truncated body must not end cleanly ({head:?})"
-        );
+        assert!(body.is_err(), "a truncated body must not end cleanly ({head:?})");
     }
 }
 
@@ -403,12 +332,7 @@ async fn server_sent_events_arrive_as_written() {
         async move {
             let rx = rx.lock().await.take().unwrap();
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|b| {
-                    (
-                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)),
-                        rx,
-                    )
-                })
+                rx.recv().await.map(|b| (Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)), rx))
             });
             Response::builder()
                 .header("content-type", "text/event-stream")
@@ -417,8 +341,7 @@ async fn server_sent_events_arrive_as_written() {
         }
     })
     .await;
-    let (config, _dir, _) =
-        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    let (config, _dir, _) = registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
     let proxy = TestProxy::start(config).await;
     let req = Request::builder()
         .uri(proxy.url("/events"))
@@ -446,17 +369,13 @@ async fn websocket_is_tunnelled() {
     let p = protocols.clone();
     tokio::spawn(async move {
         let (stream, _) = ws_app.accept().await.unwrap();
-        let callback =
-            |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-             mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
-                *p.lock().unwrap() = req.headers().get("sec-websocket-protocol").cloned();
-                resp.headers_mut()
-                    .insert("sec-websocket-protocol", "chat".parse().unwrap());
-                Ok(resp)
-            };
-        let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback)
-            .await
-            .unwrap();
+        let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                        mut resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+            *p.lock().unwrap() = req.headers().get("sec-websocket-protocol").cloned();
+            resp.headers_mut().insert("sec-websocket-protocol", "chat".parse().unwrap());
+            Ok(resp)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback).await.unwrap();
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
@@ -464,27 +383,18 @@ async fn websocket_is_tunnelled() {
             ws.send(msg).await.unwrap();
         }
     });
-    let (config, _dir, _) =
-        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    let (config, _dir, _) = registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
     let proxy = TestProxy::start(config).await;
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        format!("ws://{}/ws", proxy.addr),
-    )
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/ws",
+        proxy.addr
+    ))
     .unwrap();
-    req.headers_mut().insert(
-        "host",
-        format!("{port}-demo.preview.localhost").parse().unwrap(),
-    );
-    req.headers_mut()
-        .insert("sec-websocket-protocol", "chat, superchat".parse().unwrap());
-    let (mut ws, resp) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("upgrade through the proxy");
+    req.headers_mut().insert("host", format!("{port}-demo.preview.localhost").parse().unwrap());
+    req.headers_mut().insert("sec-websocket-protocol", "chat, superchat".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.expect("upgrade through the proxy");
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
-    assert_eq!(
-        protocols.lock().unwrap().as_ref().unwrap(),
-        "chat, superchat"
-    );
+    assert_eq!(protocols.lock().unwrap().as_ref().unwrap(), "chat, superchat");
     for i in 0..100 {
         let msg = tokio_tungstenite::tungstenite::Message::Text(format!("m{i}"));
         ws.send(msg.clone()).await.unwrap();
@@ -511,16 +421,12 @@ async fn h2c_prior_knowledge_with_concurrent_streams() {
         let mut sender = sender.clone();
         let ok = ok.clone();
         tasks.spawn(async move {
-            let req = Request::builder()
-                .uri(format!("http://3000-sbx.preview.localhost/h2/{i}"))
-                .body(empty())
-                .unwrap();
+            let req =
+                Request::builder().uri(format!("http://3000-sbx.preview.localhost/h2/{i}")).body(empty()).unwrap();
             let resp = sender.send_request(req).await.unwrap();
             let status = resp.status();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
-            if status == 200
-                && body == format!("/sandboxes/sbx/toolbox/proxy/3000/h2/{i}").as_bytes()
-            {
+            if status == 200 && body == format!("/sandboxes/sbx/toolbox/proxy/3000/h2/{i}").as_bytes() {
                 ok.fetch_add(1, Ordering::SeqCst);
             }
         });
@@ -528,8 +434,5 @@ async fn h2c_prior_knowledge_with_concurrent_streams() {
     while tasks.join_next().await.is_some() {}
     assert_eq!(ok.load(Ordering::SeqCst), 100);
     let seen = runner.last();
-    assert_eq!(
-        seen.headers["x-forwarded-host"], "3000-sbx.preview.localhost",
-        ":authority is the host"
-    );
+    assert_eq!(seen.headers["x-forwarded-host"], "3000-sbx.preview.localhost", ":authority is the host");
 }

@@ -19,13 +19,8 @@ const DEMO: &str = "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"12
 async fn health_answers_on_non_preview_hosts() {
     let (config, _dir, _) = registry_config(DEMO);
     let proxy = TestProxy::start(config).await;
-    for host in [
-        "proxy.localhost:4000",
-        "localhost",
-        "daytona-proxy:4000",
-        "my-proxy.example.com",
-        "02280-x.proxy.io",
-    ] {
+    for host in ["proxy.localhost:4000", "localhost", "daytona-proxy:4000", "my-proxy.example.com", "02280-x.proxy.io"]
+    {
         let a = get(&proxy, host, "/health").await;
         assert_eq!(a.status, 200, "{host}");
         assert_eq!(a.json()["status"], "ok");
@@ -42,24 +37,10 @@ async fn other_paths_on_non_preview_hosts_are_404_with_a_message() {
     let a = get(&proxy, "proxy.localhost", "/anything").await;
     assert_eq!(a.status, 404);
     assert_eq!(a.json()["code"], "NOT_FOUND");
-    assert!(a.json()["message"]
-        .as_str()
-        .unwrap()
-        .contains("<port>-<sandboxId>"));
-    let a = send(
-        &proxy,
-        "GET",
-        "proxy.localhost",
-        "/anything",
-        &[("accept", "text/html,*/*")],
-        empty(),
-    )
-    .await;
+    assert!(a.json()["message"].as_str().unwrap().contains("<port>-<sandboxId>"));
+    let a = send(&proxy, "GET", "proxy.localhost", "/anything", &[("accept", "text/html,*/*")], empty()).await;
     assert_eq!(a.status, 404);
-    assert!(a.headers["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/html"));
+    assert!(a.headers["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(a.text().contains("No preview at this address"));
 }
 
@@ -68,12 +49,7 @@ async fn health_on_a_preview_host_belongs_to_the_app() {
     let app = App::start().await;
     let (config, _dir, _) = registry_config(DEMO);
     let proxy = TestProxy::start(config).await;
-    let a = get(
-        &proxy,
-        &format!("{}-demo.preview.localhost", app.addr.port()),
-        "/health",
-    )
-    .await;
+    let a = get(&proxy, &format!("{}-demo.preview.localhost", app.addr.port()), "/health").await;
     assert_eq!(a.status, 200);
     assert_eq!(a.text(), "/health", "the app answered, not the proxy");
 }
@@ -85,18 +61,8 @@ async fn allowed_base_domains_restrict_preview_hosts() {
     config.allowed_base_domains = vec!["preview.example.com".into()];
     let proxy = TestProxy::start(config).await;
     let port = app.addr.port();
-    assert_eq!(
-        get(&proxy, &format!("{port}-demo.preview.example.com"), "/")
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        get(&proxy, &format!("{port}-demo.evil.com"), "/")
-            .await
-            .status,
-        404
-    );
+    assert_eq!(get(&proxy, &format!("{port}-demo.preview.example.com"), "/").await.status, 200);
+    assert_eq!(get(&proxy, &format!("{port}-demo.evil.com"), "/").await.status, 404);
 }
 
 #[tokio::test]
@@ -110,9 +76,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
             let wait = wait.lock().await.take().unwrap();
             let stream = futures_util::stream::once(async move {
                 let _ = wait.await;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(
-                    b"finished",
-                )))
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(b"finished")))
             });
             Response::new(BodyExt::boxed(StreamBody::new(stream)))
         }
@@ -144,11 +108,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
     release.send(()).unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "finished");
-    tokio::time::timeout(Duration::from_secs(5), &mut proxy.done)
-        .await
-        .expect("server stops")
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), &mut proxy.done).await.expect("server stops").unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -180,10 +140,7 @@ async fn shutdown_timeout_bounds_the_wait() {
         .expect("stops after the shutdown timeout")
         .unwrap()
         .unwrap();
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "waited for the in-flight request"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(200), "waited for the in-flight request");
     pending.abort();
 }
 

@@ -1,8 +1,13 @@
 //! Client for the Daytona API's preview endpoints (SPEC 5): retries with
 //! backoff inside the client timeout, answers cached in front.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
@@ -11,6 +16,7 @@ use serde::Deserialize;
 use super::{LookupError, Runner, Target};
 use crate::cache::ReadThrough;
 use crate::config::Config;
+use crate::host::Port;
 
 const ATTEMPTS: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_millis(150);
@@ -27,8 +33,15 @@ pub struct DaytonaApi {
     timeout: Duration,
     runner_ttl: Duration,
     public_ttl: Duration,
+    valid_ttl: Duration,
+    invalid_ttl: Duration,
     public: ReadThrough<bool>,
     runners: ReadThrough<Target>,
+    /// Keyed by sandbox and a hash of the credential, never the raw secret.
+    tokens: ReadThrough<bool>,
+    access: ReadThrough<bool>,
+    /// Signed token and port to sandbox id (`None`: invalid or expired).
+    signed: ReadThrough<Option<Arc<str>>>,
 }
 
 #[derive(Deserialize)]
@@ -41,14 +54,9 @@ struct RunnerJson {
 
 impl DaytonaApi {
     pub fn new(config: &Config) -> anyhow::Result<DaytonaApi> {
-        let base = config
-            .api_url
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("DAYTONA_API_URL is not set"))?;
-        let mut auth =
-            HeaderValue::try_from(format!("Bearer {}", config.api_key)).map_err(|_| {
-                anyhow::anyhow!("PROXY_API_KEY: has characters not allowed in a header")
-            })?;
+        let base = config.api_url.clone().ok_or_else(|| anyhow::anyhow!("DAYTONA_API_URL is not set"))?;
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", config.api_key))
+            .map_err(|_| anyhow::anyhow!("PROXY_API_KEY: has characters not allowed in a header"))?;
         auth.set_sensitive(true);
         let http = reqwest::Client::builder()
             .timeout(config.api_client_timeout)
@@ -61,8 +69,13 @@ impl DaytonaApi {
             timeout: config.api_client_timeout,
             runner_ttl: config.cache.runner_ttl,
             public_ttl: config.cache.public_ttl,
+            valid_ttl: config.cache.valid_credential_ttl,
+            invalid_ttl: config.cache.invalid_credential_ttl,
             public: ReadThrough::new(CACHE_CAPACITY, None),
             runners: ReadThrough::new(CACHE_CAPACITY, Some(config.stale_if_error)),
+            tokens: ReadThrough::new(CACHE_CAPACITY, None),
+            access: ReadThrough::new(CACHE_CAPACITY, None),
+            signed: ReadThrough::new(CACHE_CAPACITY, None),
         })
     }
 
@@ -72,9 +85,7 @@ impl DaytonaApi {
         self.public
             .get(sandbox_id, async {
                 let path = format!("/preview/{}/public", segment(sandbox_id));
-                let (status, _) = self
-                    .call(Method::GET, &path, "public-status lookup")
-                    .await?;
+                let (status, _) = self.call(&path, "public-status lookup", &self.auth, None).await?;
                 Ok((status.is_success(), self.public_ttl))
             })
             .await
@@ -85,7 +96,7 @@ impl DaytonaApi {
         self.runners
             .get(sandbox_id, async {
                 let path = format!("/runners/by-sandbox/{}", segment(sandbox_id));
-                let (status, body) = self.call(Method::GET, &path, "runner lookup").await?;
+                let (status, body) = self.call(&path, "runner lookup", &self.auth, None).await?;
                 if status == StatusCode::NOT_FOUND {
                     return Err(LookupError::NotFound);
                 }
@@ -95,17 +106,64 @@ impl DaytonaApi {
                         api_message(&body)
                     )));
                 }
-                let runner: RunnerJson = serde_json::from_slice(&body).map_err(|e| {
-                    LookupError::Invalid(format!("runner lookup returned unparsable JSON: {e}"))
-                })?;
-                let proxy_url = runner.proxy_url.filter(|u| !u.is_empty()).ok_or_else(|| {
-                    LookupError::Invalid("the sandbox's runner has no proxyUrl".into())
-                })?;
-                let runner =
-                    Runner::new(&proxy_url, &runner.api_key).map_err(LookupError::Invalid)?;
+                let runner: RunnerJson = serde_json::from_slice(&body)
+                    .map_err(|e| LookupError::Invalid(format!("runner lookup returned unparsable JSON: {e}")))?;
+                let proxy_url = runner
+                    .proxy_url
+                    .filter(|u| !u.is_empty())
+                    .ok_or_else(|| LookupError::Invalid("the sandbox's runner has no proxyUrl".into()))?;
+                let runner = Runner::new(&proxy_url, &runner.api_key).map_err(LookupError::Invalid)?;
                 Ok((Target::Runner(Arc::new(runner)), self.runner_ttl))
             })
             .await
+    }
+
+    /// `GET /preview/{id}/validate/{token}`: is this the sandbox's preview token?
+    pub async fn validate_token(&self, sandbox_id: &str, token: &str) -> Result<bool, LookupError> {
+        self.tokens
+            .get(&credential_key(sandbox_id, token), async {
+                let path = format!("/preview/{}/validate/{}", segment(sandbox_id), segment(token));
+                let (status, _) = self.call(&path, "preview-token check", &self.auth, None).await?;
+                Ok(self.credential_answer(status.is_success()))
+            })
+            .await
+    }
+
+    /// `GET /preview/{id}/access` with the caller's bearer (and its IP in
+    /// `X-Forwarded-For`, for the API's per-client rate limits).
+    pub async fn has_access(&self, sandbox_id: &str, bearer: &str, client_ip: IpAddr) -> Result<bool, LookupError> {
+        let Ok(mut auth) = HeaderValue::try_from(format!("Bearer {bearer}")) else {
+            return Ok(false);
+        };
+        auth.set_sensitive(true);
+        self.access
+            .get(&credential_key(sandbox_id, bearer), async {
+                let path = format!("/preview/{}/access", segment(sandbox_id));
+                let (status, _) = self.call(&path, "access check", &auth, Some(client_ip)).await?;
+                Ok(self.credential_answer(status.is_success()))
+            })
+            .await
+    }
+
+    /// `GET /preview/{token}/{port}/sandbox-id`: the sandbox a signed token
+    /// opens on this port; 403/404 mean invalid or expired.
+    pub async fn resolve_signed(&self, token: &str, port: Port) -> Result<Option<Arc<str>>, LookupError> {
+        self.signed
+            .get(&credential_key(&port.to_string(), token), async {
+                let path = format!("/preview/{}/{port}/sandbox-id", segment(token));
+                let (status, body) = self.call(&path, "signed-token lookup", &self.auth, None).await?;
+                if !status.is_success() {
+                    return Ok((None, self.invalid_ttl));
+                }
+                let id = parse_sandbox_id(&body)
+                    .ok_or_else(|| LookupError::Invalid("signed-token lookup returned no usable sandbox id".into()))?;
+                Ok((Some(id), self.valid_ttl))
+            })
+            .await
+    }
+
+    fn credential_answer(&self, valid: bool) -> (bool, Duration) {
+        (valid, if valid { self.valid_ttl } else { self.invalid_ttl })
     }
 
     /// One API call with retries. Returns any definite answer (2xx, or 4xx
@@ -114,32 +172,27 @@ impl DaytonaApi {
     /// never put in messages.
     async fn call(
         &self,
-        method: Method,
         path: &str,
         what: &str,
+        auth: &HeaderValue,
+        client_ip: Option<IpAddr>,
     ) -> Result<(StatusCode, Bytes), LookupError> {
         let url = format!("{}{}", self.base, path);
         let attempts = async {
             let mut delay = BACKOFF_BASE;
             let mut last_error = String::new();
             for attempt in 1..=ATTEMPTS {
-                let sent = self
-                    .http
-                    .request(method.clone(), &url)
-                    .header(http::header::AUTHORIZATION, self.auth.clone())
-                    .send()
-                    .await;
+                let mut req = self.http.request(Method::GET, &url).header(http::header::AUTHORIZATION, auth.clone());
+                if let Some(ip) = client_ip {
+                    req = req.header("x-forwarded-for", ip.to_string());
+                }
+                let sent = req.send().await;
                 match sent {
                     Ok(resp) if !is_retryable(resp.status()) => {
                         let status = resp.status();
                         match resp.bytes().await {
                             Ok(body) => return Ok((status, body)),
-                            Err(e) => {
-                                last_error = format!(
-                                    "{what}: reading the answer failed: {}",
-                                    e.without_url()
-                                )
-                            }
+                            Err(e) => last_error = format!("{what}: reading the answer failed: {}", e.without_url()),
                         }
                     }
                     Ok(resp) => last_error = format!("{what} answered {}", resp.status()),
@@ -154,18 +207,13 @@ impl DaytonaApi {
         };
         match tokio::time::timeout(self.timeout, attempts).await {
             Ok(result) => result,
-            Err(_) => Err(LookupError::Unavailable(format!(
-                "{what} timed out after {:?}",
-                self.timeout
-            ))),
+            Err(_) => Err(LookupError::Unavailable(format!("{what} timed out after {:?}", self.timeout))),
         }
     }
 }
 
 fn is_retryable(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
+    status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 /// The `message` of a Daytona error body, or a short prefix of the body.
@@ -175,12 +223,30 @@ fn api_message(body: &[u8]) -> String {
         message: serde_json::Value,
     }
     match serde_json::from_slice::<ApiError>(body) {
-        Ok(ApiError {
-            message: serde_json::Value::String(s),
-        }) => s,
+        Ok(ApiError { message: serde_json::Value::String(s) }) => s,
         Ok(ApiError { message }) => message.to_string(),
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
     }
+}
+
+/// Cache key for a credential: the scope (sandbox id, or port for signed
+/// tokens) and a SHA-256 of the secret, so raw secrets are not kept as keys.
+fn credential_key(scope: &str, secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    format!("{scope}\n{}", URL_SAFE_NO_PAD.encode(digest))
+}
+
+/// The sandbox id in a `sandbox-id` answer: plain text or a JSON string.
+fn parse_sandbox_id(body: &[u8]) -> Option<Arc<str>> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    let id = match serde_json::from_str::<String>(text) {
+        Ok(s) => s,
+        Err(_) => text.to_string(),
+    };
+    let id = id.to_ascii_lowercase();
+    let valid =
+        !id.is_empty() && id.len() <= 63 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then(|| id.into())
 }
 
 /// Percent-encodes one path segment (everything but unreserved characters).
@@ -213,6 +279,21 @@ mod tests {
             "Runner not found"
         );
         assert_eq!(api_message(b"plain text"), "plain text");
+    }
+
+    #[test]
+    fn sandbox_id_answers_are_plain_text_or_json() {
+        assert_eq!(parse_sandbox_id(b"abc-123").as_deref(), Some("abc-123"));
+        assert_eq!(parse_sandbox_id(b"\"ABC-123\"\n").as_deref(), Some("abc-123"));
+        assert_eq!(parse_sandbox_id(b"a/b"), None);
+        assert_eq!(parse_sandbox_id(b""), None);
+    }
+
+    #[test]
+    fn credential_keys_do_not_hold_the_secret() {
+        let k = credential_key("sbx", "super-secret-token");
+        assert!(!k.contains("super-secret"));
+        assert_ne!(k, credential_key("other", "super-secret-token"), "scoped by sandbox");
     }
 
     #[test]

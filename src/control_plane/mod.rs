@@ -4,11 +4,14 @@
 pub mod api;
 pub mod registry;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 
+use crate::host::Port;
 pub use api::DaytonaApi;
 pub use registry::Registry;
 
@@ -35,32 +38,19 @@ pub struct Runner {
 impl Runner {
     /// Parses a runner's `proxyUrl` and API key.
     pub fn new(proxy_url: &str, api_key: &str) -> Result<Runner, String> {
-        let uri: http::Uri = proxy_url
-            .parse()
-            .map_err(|e| format!("proxyUrl {proxy_url:?} is not a URL: {e}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("proxyUrl {proxy_url:?} has no scheme"))?;
+        let uri: http::Uri = proxy_url.parse().map_err(|e| format!("proxyUrl {proxy_url:?} is not a URL: {e}"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| format!("proxyUrl {proxy_url:?} has no scheme"))?;
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(format!("proxyUrl {proxy_url:?} must be http or https"));
         }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("proxyUrl {proxy_url:?} has no host"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| format!("proxyUrl {proxy_url:?} has no host"))?;
         if uri.query().is_some() {
             return Err(format!("proxyUrl {proxy_url:?} must not have a query"));
         }
         let mut auth = HeaderValue::try_from(format!("Bearer {api_key}"))
             .map_err(|_| "runner apiKey has characters not allowed in a header".to_string())?;
         auth.set_sensitive(true);
-        Ok(Runner {
-            scheme,
-            authority,
-            prefix: uri.path().trim_end_matches('/').to_string(),
-            auth,
-        })
+        Ok(Runner { scheme, authority, prefix: uri.path().trim_end_matches('/').to_string(), auth })
     }
 }
 
@@ -97,8 +87,32 @@ impl ControlPlane {
     pub async fn is_public(&self, sandbox_id: &str) -> Result<bool, LookupError> {
         match self {
             ControlPlane::Api(api) => api.is_public(sandbox_id).await,
+            ControlPlane::Registry(reg) => Ok(reg.snapshot().sandbox(sandbox_id).is_some_and(|s| s.public)),
+        }
+    }
+
+    /// Whether `token` is the sandbox's preview token.
+    pub async fn validate_token(&self, sandbox_id: &str, token: &str) -> Result<bool, LookupError> {
+        match self {
+            ControlPlane::Api(api) => api.validate_token(sandbox_id, token).await,
+            ControlPlane::Registry(reg) => Ok(reg.snapshot().validate_token(sandbox_id, token)),
+        }
+    }
+
+    /// Whether the bearer (API key or JWT) may open the sandbox.
+    pub async fn has_access(&self, sandbox_id: &str, bearer: &str, client_ip: IpAddr) -> Result<bool, LookupError> {
+        match self {
+            ControlPlane::Api(api) => api.has_access(sandbox_id, bearer, client_ip).await,
+            ControlPlane::Registry(reg) => Ok(reg.snapshot().has_access(sandbox_id, bearer)),
+        }
+    }
+
+    /// The sandbox a signed preview token opens on `port`, if it is valid.
+    pub async fn resolve_signed(&self, token: &str, port: Port) -> Result<Option<Arc<str>>, LookupError> {
+        match self {
+            ControlPlane::Api(api) => api.resolve_signed(token, port).await,
             ControlPlane::Registry(reg) => {
-                Ok(reg.snapshot().sandbox(sandbox_id).is_some_and(|s| s.public))
+                Ok(reg.snapshot().resolve_signed(token, port.get(), unix_now()).map(Arc::from))
             }
         }
     }
@@ -107,11 +121,14 @@ impl ControlPlane {
     pub async fn target(&self, sandbox_id: &str) -> Result<Target, LookupError> {
         match self {
             ControlPlane::Api(api) => api.target(sandbox_id).await,
-            ControlPlane::Registry(reg) => reg
-                .snapshot()
-                .sandbox(sandbox_id)
-                .map(|s| s.target.clone())
-                .ok_or(LookupError::NotFound),
+            ControlPlane::Registry(reg) => {
+                reg.snapshot().sandbox(sandbox_id).map(|s| s.target.clone()).ok_or(LookupError::NotFound)
+            }
         }
     }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

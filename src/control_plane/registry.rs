@@ -15,10 +15,34 @@ use super::{Runner, Target};
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RegistryFile {
+    /// Bearer keys (API keys) that open every sandbox.
+    #[serde(default)]
+    api_keys: Vec<String>,
     #[serde(default)]
     runners: HashMap<String, RunnerEntry>,
     #[serde(default)]
     sandboxes: Vec<SandboxEntry>,
+    /// Signed preview URLs, minted by `preview-proxy sign-url`.
+    #[serde(default)]
+    signed_urls: Vec<SignedUrlEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedUrlEntry {
+    token: String,
+    sandbox: String,
+    port: u16,
+    /// Unix seconds.
+    expires_at: u64,
+}
+
+/// A signed preview URL: a token bound to one sandbox and port until expiry.
+#[derive(Debug, Clone)]
+pub struct SignedUrl {
+    pub sandbox: String,
+    pub port: u16,
+    pub expires_at: u64,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +78,8 @@ pub struct Sandbox {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     sandboxes: HashMap<String, Sandbox>,
+    api_keys: Vec<String>,
+    signed_urls: HashMap<String, SignedUrl>,
 }
 
 impl Snapshot {
@@ -73,15 +99,8 @@ impl Snapshot {
         let mut sandboxes = HashMap::new();
         for s in file.sandboxes {
             let id = s.id.to_ascii_lowercase();
-            if id.is_empty()
-                || !id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                errors.push(format!(
-                    "sandbox {:?}: id must be letters, digits, '-' or '_'",
-                    s.id
-                ));
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                errors.push(format!("sandbox {:?}: id must be letters, digits, '-' or '_'", s.id));
                 continue;
             }
             let target = match (&s.runner, &s.upstream) {
@@ -94,29 +113,38 @@ impl Snapshot {
                 },
                 (None, Some(host)) => {
                     if !is_upstream_host(host) {
-                        errors.push(format!("sandbox {id}: upstream {host:?} must be a host name or IP address, without port or scheme"));
+                        errors.push(format!(
+                            "sandbox {id}: upstream {host:?} must be a host name or IP address, without port or scheme"
+                        ));
                         continue;
                     }
                     Target::Direct(host.as_str().into())
                 }
                 _ => {
-                    errors.push(format!(
-                        "sandbox {id}: set exactly one of runner or upstream"
-                    ));
+                    errors.push(format!("sandbox {id}: set exactly one of runner or upstream"));
                     continue;
                 }
             };
-            let sandbox = Sandbox {
-                public: s.public,
-                token: s.token,
-                target,
-            };
+            let sandbox = Sandbox { public: s.public, token: s.token, target };
             if sandboxes.insert(id.clone(), sandbox).is_some() {
                 errors.push(format!("sandbox {id}: listed twice"));
             }
         }
+        let mut signed_urls = HashMap::new();
+        for u in file.signed_urls {
+            let sandbox = u.sandbox.to_ascii_lowercase();
+            if !sandboxes.contains_key(&sandbox) {
+                errors.push(format!("signed_urls: sandbox {sandbox:?} is not in [[sandboxes]]"));
+            } else if u.token.is_empty() || !u.token.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+                errors.push(format!("signed_urls for {sandbox}: a token must be lower-case letters and digits"));
+            } else if u.port == 0 {
+                errors.push(format!("signed_urls for {sandbox}: port must be 1-65535"));
+            } else {
+                signed_urls.insert(u.token, SignedUrl { sandbox, port: u.port, expires_at: u.expires_at });
+            }
+        }
         if errors.is_empty() {
-            Ok(Snapshot { sandboxes })
+            Ok(Snapshot { sandboxes, api_keys: file.api_keys, signed_urls })
         } else {
             Err(errors.join("; "))
         }
@@ -124,6 +152,23 @@ impl Snapshot {
 
     pub fn sandbox(&self, id: &str) -> Option<&Sandbox> {
         self.sandboxes.get(id)
+    }
+
+    /// Whether `token` is the sandbox's preview token (constant time).
+    pub fn validate_token(&self, sandbox_id: &str, token: &str) -> bool {
+        self.sandbox(sandbox_id).and_then(|s| s.token.as_deref()).is_some_and(|t| secret_eq(t, token))
+    }
+
+    /// Whether `bearer` is one of the registry's API keys and the sandbox
+    /// exists (constant time per key).
+    pub fn has_access(&self, sandbox_id: &str, bearer: &str) -> bool {
+        self.sandboxes.contains_key(sandbox_id) && self.api_keys.iter().fold(false, |ok, k| ok | secret_eq(k, bearer))
+    }
+
+    /// The sandbox a signed token opens on `port`, unless it has expired.
+    pub fn resolve_signed(&self, token: &str, port: u16, now: u64) -> Option<&str> {
+        let u = self.signed_urls.get(token)?;
+        (u.port == port && now < u.expires_at).then_some(u.sandbox.as_str())
     }
 }
 
@@ -142,12 +187,7 @@ impl Registry {
     /// Loads the file; a missing or broken file is an error naming it.
     pub fn open(path: &Path) -> Result<Registry, String> {
         let snapshot = load(path)?;
-        Ok(Registry {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                current: ArcSwap::from_pointee(snapshot),
-            }),
-        })
+        Ok(Registry { inner: Arc::new(Inner { path: path.to_path_buf(), current: ArcSwap::from_pointee(snapshot) }) })
     }
 
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
@@ -193,18 +233,17 @@ fn is_upstream_host(host: &str) -> bool {
     let v6 = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
     match v6 {
         Some(addr) => addr.parse::<std::net::Ipv6Addr>().is_ok(),
-        None => {
-            !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        }
+        None => !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
     }
 }
 
+/// Compares secrets in constant time (for equal lengths).
+fn secret_eq(a: &str, b: &str) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()).into()
+}
+
 fn load(path: &Path) -> Result<Snapshot, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     Snapshot::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -272,21 +311,50 @@ mod tests {
             "#,
         )
         .unwrap_err();
-        for needle in [
-            "runners.bad",
-            "sandbox a",
-            "sandbox b",
-            "sandbox c",
-            "bad/id",
-        ] {
+        for needle in ["runners.bad", "sandbox a", "sandbox b", "sandbox c", "bad/id"] {
             assert!(e.contains(needle), "{needle} not in {e}");
         }
     }
 
     #[test]
+    fn answers_credential_questions() {
+        let s = Snapshot::parse(
+            r#"
+            api_keys = ["org-key"]
+
+            [[sandboxes]]
+            id = "a"
+            token = "tok-a"
+            upstream = "127.0.0.1"
+
+            [[sandboxes]]
+            id = "b"
+            upstream = "127.0.0.1"
+
+            [[signed_urls]]
+            token = "abc123"
+            sandbox = "a"
+            port = 3000
+            expires_at = 2000
+            "#,
+        )
+        .unwrap();
+        assert!(s.validate_token("a", "tok-a"));
+        assert!(!s.validate_token("a", "tok-b"));
+        assert!(!s.validate_token("b", "tok-a"), "a token opens only its sandbox");
+        assert!(!s.validate_token("b", ""), "no token set means no token is valid");
+        assert!(s.has_access("b", "org-key"));
+        assert!(!s.has_access("b", "org-kez"));
+        assert!(!s.has_access("nosuch", "org-key"));
+        assert_eq!(s.resolve_signed("abc123", 3000, 1999), Some("a"));
+        assert_eq!(s.resolve_signed("abc123", 3001, 1999), None, "bound to its port");
+        assert_eq!(s.resolve_signed("abc123", 3000, 2000), None, "expired");
+        assert_eq!(s.resolve_signed("zzz", 3000, 0), None);
+    }
+
+    #[test]
     fn unknown_fields_are_errors() {
-        let e = Snapshot::parse("[[sandboxes]]\nid = \"a\"\nupstream = \"x\"\npublik = true\n")
-            .unwrap_err();
+        let e = Snapshot::parse("[[sandboxes]]\nid = \"a\"\nupstream = \"x\"\npublik = true\n").unwrap_err();
         assert!(e.contains("publik"), "{e}");
     }
 
@@ -294,20 +362,12 @@ mod tests {
     async fn broken_edit_keeps_last_good() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.toml");
-        std::fs::write(
-            &path,
-            "[[sandboxes]]\nid = \"a\"\nupstream = \"127.0.0.1\"\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "[[sandboxes]]\nid = \"a\"\nupstream = \"127.0.0.1\"\n").unwrap();
         let reg = Registry::open(&path).unwrap();
         std::fs::write(&path, "[[sandboxes]\n").unwrap();
         assert!(reg.reload().is_err());
         assert!(reg.snapshot().sandbox("a").is_some());
-        std::fs::write(
-            &path,
-            "[[sandboxes]]\nid = \"b\"\nupstream = \"127.0.0.1\"\npublic = true\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "[[sandboxes]]\nid = \"b\"\nupstream = \"127.0.0.1\"\npublic = true\n").unwrap();
         reg.reload().unwrap();
         assert!(reg.snapshot().sandbox("a").is_none());
         assert!(reg.snapshot().sandbox("b").unwrap().public);

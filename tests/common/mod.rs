@@ -81,11 +81,7 @@ impl TestProxy {
         let done = tokio::spawn(preview_proxy::server::run(listener, proxy, async move {
             let _ = rx.await;
         }));
-        TestProxy {
-            addr,
-            shutdown: Some(tx),
-            done,
-        }
+        TestProxy { addr, shutdown: Some(tx), done }
     }
 
     /// Starts graceful shutdown.
@@ -139,8 +135,7 @@ impl Answer {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -153,24 +148,14 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: TestBody,
 ) -> Answer {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(proxy.url(path))
-        .header("host", host);
+    let mut req = Request::builder().method(method).uri(proxy.url(path)).header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client()
-        .request(req.body(body).unwrap())
-        .await
-        .expect("proxy answers");
+    let resp = client().request(req.body(body).unwrap()).await.expect("proxy answers");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("complete body").to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Answer { status: parts.status, headers: parts.headers, body }
 }
 
 pub async fn get(proxy: &TestProxy, host: &str, path: &str) -> Answer {
@@ -217,69 +202,36 @@ impl MockApi {
     pub fn add(&self, id: &str, public: bool, proxy_url: Option<&str>) {
         self.state.sandboxes.lock().unwrap().insert(
             id.to_string(),
-            MockSandbox {
-                public,
-                proxy_url: proxy_url.map(str::to_string),
-                runner_key: format!("runner-key-{id}"),
-            },
+            MockSandbox { public, proxy_url: proxy_url.map(str::to_string), runner_key: format!("runner-key-{id}") },
         );
     }
 
     /// Calls received on an endpoint: `public`, `runner`.
     pub fn calls(&self, endpoint: &str) -> u64 {
-        self.state
-            .calls
-            .lock()
-            .unwrap()
-            .get(endpoint)
-            .copied()
-            .unwrap_or(0)
+        self.state.calls.lock().unwrap().get(endpoint).copied().unwrap_or(0)
     }
 
     /// The next `statuses.len()` calls to `endpoint` answer these statuses.
     pub fn fail_next(&self, endpoint: &str, statuses: &[u16]) {
-        self.state
-            .failures
-            .lock()
-            .unwrap()
-            .entry(endpoint.to_string())
-            .or_default()
-            .extend(statuses);
+        self.state.failures.lock().unwrap().entry(endpoint.to_string()).or_default().extend(statuses);
     }
 
     pub fn set_latency(&self, d: Duration) {
-        self.state
-            .latency_ms
-            .store(d.as_millis() as u64, Ordering::SeqCst);
+        self.state.latency_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 }
 
 async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<TestBody> {
-    let segments: Vec<String> = req
-        .uri()
-        .path()
-        .trim_start_matches('/')
-        .split('/')
-        .map(str::to_string)
-        .collect();
+    let segments: Vec<String> = req.uri().path().trim_start_matches('/').split('/').map(str::to_string).collect();
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let endpoint = match seg.as_slice() {
         ["preview", _, "public"] => "public",
         ["runners", "by-sandbox", _] => "runner",
         _ => "other",
     };
-    *state
-        .calls
-        .lock()
-        .unwrap()
-        .entry(endpoint.to_string())
-        .or_default() += 1;
+    *state.calls.lock().unwrap().entry(endpoint.to_string()).or_default() += 1;
     if let Some(auth) = req.headers().get("authorization") {
-        state
-            .authorizations
-            .lock()
-            .unwrap()
-            .push(auth.to_str().unwrap().to_string());
+        state.authorizations.lock().unwrap().push(auth.to_str().unwrap().to_string());
     }
     let latency = state.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {
@@ -288,63 +240,32 @@ async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Test
     if state.stall.load(Ordering::SeqCst) {
         std::future::pending::<()>().await;
     }
-    let failure = state
-        .failures
-        .lock()
-        .unwrap()
-        .get_mut(endpoint)
-        .and_then(VecDeque::pop_front);
+    let failure = state.failures.lock().unwrap().get_mut(endpoint).and_then(VecDeque::pop_front);
     if let Some(status) = failure {
-        return json(
-            status,
-            &format!(r#"{{"statusCode":{status},"message":"injected failure","code":"X"}}"#),
-        );
+        return json(status, &format!(r#"{{"statusCode":{status},"message":"injected failure","code":"X"}}"#));
     }
     let sandbox = |id: &str| state.sandboxes.lock().unwrap().get(id).cloned();
     match seg.as_slice() {
         ["preview", id, "public"] => match sandbox(id) {
             Some(s) if s.public => json(200, "true"),
-            _ => json(
-                404,
-                r#"{"statusCode":404,"message":"Sandbox not found","code":"NOT_FOUND"}"#,
-            ),
+            _ => json(404, r#"{"statusCode":404,"message":"Sandbox not found","code":"NOT_FOUND"}"#),
         },
         ["runners", "by-sandbox", id] => match sandbox(id) {
-            Some(MockSandbox {
-                proxy_url: Some(url),
-                runner_key,
-                ..
-            }) if url == "missing" => {
+            Some(MockSandbox { proxy_url: Some(url), runner_key, .. }) if url == "missing" => {
                 json(200, &format!(r#"{{"id":"r1","apiKey":"{runner_key}"}}"#))
             }
-            Some(MockSandbox {
-                proxy_url: Some(url),
-                runner_key,
-                ..
-            }) => json(
+            Some(MockSandbox { proxy_url: Some(url), runner_key, .. }) => json(
                 200,
-                &format!(
-                    r#"{{"id":"r1","proxyUrl":"{url}","apiUrl":"http://ignored","apiKey":"{runner_key}"}}"#
-                ),
+                &format!(r#"{{"id":"r1","proxyUrl":"{url}","apiUrl":"http://ignored","apiKey":"{runner_key}"}}"#),
             ),
-            _ => json(
-                404,
-                r#"{"statusCode":404,"message":"Runner not found","code":"NOT_FOUND"}"#,
-            ),
+            _ => json(404, r#"{"statusCode":404,"message":"Runner not found","code":"NOT_FOUND"}"#),
         },
-        _ => json(
-            404,
-            r#"{"statusCode":404,"message":"no such endpoint","code":"NOT_FOUND"}"#,
-        ),
+        _ => json(404, r#"{"statusCode":404,"message":"no such endpoint","code":"NOT_FOUND"}"#),
     }
 }
 
 pub fn json(status: u16, body: &str) -> Response<TestBody> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(full(body.to_string()))
-        .unwrap()
+    Response::builder().status(status).header("content-type", "application/json").body(full(body.to_string())).unwrap()
 }
 
 // ---------------------------------------------------------------- app / runner
@@ -389,11 +310,7 @@ impl App {
 }
 
 async fn app(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Response<TestBody> {
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+    let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
     seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
         target: target.clone(),
@@ -412,32 +329,22 @@ async fn app(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Response<Te
         }
         return Response::new(full(format!("{:x} {len}", hasher.finalize())));
     }
-    if let Some(n) = path
-        .rsplit_once("/download/")
-        .and_then(|(_, n)| n.parse::<usize>().ok())
-    {
+    if let Some(n) = path.rsplit_once("/download/").and_then(|(_, n)| n.parse::<usize>().ok()) {
         let chunks = pattern_chunks(n);
         let stream = futures_util::stream::iter(
-            chunks
-                .into_iter()
-                .map(|c| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(c))),
+            chunks.into_iter().map(|c| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(c))),
         );
         return Response::new(BodyExt::boxed(StreamBody::new(stream)));
     }
     if path.ends_with("/empty-502") {
         return Response::builder().status(502).body(empty()).unwrap();
     }
-    Response::builder()
-        .header("x-app", "1")
-        .body(full(target))
-        .unwrap()
+    Response::builder().header("x-app", "1").body(full(target)).unwrap()
 }
 
 /// Deterministic download content: n bytes in 64 KiB chunks.
 pub fn pattern_chunks(n: usize) -> Vec<Bytes> {
-    let block: Vec<u8> = (0..65536u32)
-        .map(|i| (i.wrapping_mul(31) % 251) as u8)
-        .collect();
+    let block: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(31) % 251) as u8).collect();
     let block = Bytes::from(block);
     let mut out = Vec::new();
     let mut left = n;

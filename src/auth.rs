@@ -1,0 +1,346 @@
+//! Authentication (SPEC 2): credentials taken out of the request so none
+//! reaches the sandbox, then every method tried in order before giving up.
+
+use std::fmt::{self, Write as _};
+use std::net::IpAddr;
+
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderName, HeaderValue};
+
+use crate::auth_cookie::{self, CookieSigner, Grant};
+use crate::control_plane::{ControlPlane, LookupError};
+use crate::error::ProxyError;
+use crate::host::PreviewHost;
+
+pub const X_DAYTONA_PREVIEW_TOKEN: HeaderName = HeaderName::from_static("x-daytona-preview-token");
+/// Query parameter carrying the preview token (browsers cannot set headers
+/// on `new WebSocket()` or iframes).
+pub const QUERY_KEY: &str = "DAYTONA_SANDBOX_AUTH_KEY";
+
+/// Credentials a request carried, already removed from it (except the
+/// bearer, which is removed only once it is accepted).
+#[derive(Default)]
+pub struct Credentials {
+    bearer: Option<String>,
+    preview_token: Option<String>,
+    query_key: Option<String>,
+    cookie: Option<String>,
+}
+
+impl Credentials {
+    /// Takes the proxy's credentials out of the request: the preview-token
+    /// header, the query parameter (the rest of the query kept byte for
+    /// byte) and the proxy's own cookies. Returns the new path and query when
+    /// it changed.
+    pub fn take(headers: &mut http::HeaderMap, path_and_query: &str, key: &str) -> (Credentials, Option<String>) {
+        let mut creds = Credentials {
+            bearer: headers
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+            preview_token: headers
+                .remove(X_DAYTONA_PREVIEW_TOKEN)
+                .and_then(|v| v.to_str().ok().map(|t| t.trim().to_string()))
+                .filter(|t| !t.is_empty()),
+            ..Credentials::default()
+        };
+        if headers.contains_key(COOKIE) {
+            creds.cookie =
+                auth_cookie::find(headers.get_all(COOKIE).iter(), &auth_cookie::cookie_name(key)).map(str::to_string);
+            strip_cookies(headers);
+        }
+        let mut new_target = None;
+        if let Some((path, query)) = path_and_query.split_once('?') {
+            if let Some((value, rest)) = take_query_key(query) {
+                creds.query_key = Some(value).filter(|v| !v.is_empty());
+                new_target = Some(if rest.is_empty() { path.to_string() } else { format!("{path}?{rest}") });
+            }
+        }
+        (creds, new_target)
+    }
+}
+
+/// Removes the proxy's cookies from every `Cookie` header, dropping headers
+/// left empty.
+fn strip_cookies(headers: &mut http::HeaderMap) {
+    let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+    if !values.iter().any(|v| v.to_str().is_ok_and(auth_cookie::has_proxy_cookie)) {
+        return;
+    }
+    headers.remove(COOKIE);
+    for v in values {
+        match v.to_str() {
+            Ok(text) => {
+                if let Some(kept) = auth_cookie::strip_proxy_cookies(text) {
+                    headers.append(COOKIE, HeaderValue::try_from(kept).expect("a subset of a valid header"));
+                }
+            }
+            Err(_) => {
+                headers.append(COOKIE, v);
+            }
+        }
+    }
+}
+
+/// Splits `DAYTONA_SANDBOX_AUTH_KEY=<value>` out of a raw query. Returns the
+/// percent-decoded value and the remaining query, whose other parameters
+/// keep their bytes and order.
+pub fn take_query_key(query: &str) -> Option<(String, String)> {
+    let mut value = None;
+    let mut rest = String::new();
+    for pair in query.split('&') {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        if name == QUERY_KEY {
+            value.get_or_insert_with(|| percent_decode(pair.split_once('=').map_or("", |(_, v)| v)));
+            continue;
+        }
+        if !rest.is_empty() {
+            rest.push('&');
+        }
+        rest.push_str(pair);
+    }
+    value.map(|v| (v, rest))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let (byte, used) = crate::forward::decode_at(b, i);
+        out.push(byte);
+        i += used;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The methods of SPEC 2, in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Bearer,
+    PreviewTokenHeader,
+    QueryKey,
+    Cookie,
+    SignedUrl,
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Bearer => "Authorization: Bearer <API key>",
+            Method::PreviewTokenHeader => "X-Daytona-Preview-Token header",
+            Method::QueryKey => "DAYTONA_SANDBOX_AUTH_KEY query parameter",
+            Method::Cookie => "auth cookie",
+            Method::SignedUrl => "signed preview URL",
+        })
+    }
+}
+
+/// How one method fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    NotSent,
+    Rejected,
+}
+
+/// Why a request was refused: each method and its outcome, no secrets.
+#[derive(Debug, Clone, Default)]
+pub struct Denied(pub Vec<(Method, Outcome)>);
+
+impl Denied {
+    pub fn message(&self) -> String {
+        let mut m = String::from("This preview is private or does not exist. Tried: ");
+        for (i, (method, outcome)) in self.0.iter().enumerate() {
+            let outcome = match outcome {
+                Outcome::NotSent => "not sent",
+                Outcome::Rejected => "rejected",
+            };
+            let _ = write!(m, "{}{method} ({outcome})", if i == 0 { "" } else { ", " });
+        }
+        m.push_str(". Send 'Authorization: Bearer <API key>', the header 'X-Daytona-Preview-Token: <token>' or the query parameter DAYTONA_SANDBOX_AUTH_KEY=<token>, or open a valid signed preview URL.");
+        m
+    }
+}
+
+/// A successful authentication.
+#[derive(Debug)]
+pub struct Granted {
+    /// The sandbox to route to (for a signed token, the one it resolves to).
+    pub sandbox_id: String,
+    /// The bearer was the accepted credential: remove it before forwarding.
+    pub bearer_used: bool,
+    /// A cookie to set so the browser's next requests skip the lookup.
+    pub cookie: Option<Grant>,
+}
+
+/// Tries every method in order. Control-plane outages are not "invalid":
+/// when no method succeeds and one could not be checked, the answer is 503.
+pub async fn authenticate(
+    control_plane: &ControlPlane,
+    signer: &CookieSigner,
+    host: &PreviewHost,
+    creds: &Credentials,
+    client_ip: IpAddr,
+    now: u64,
+) -> Result<Granted, ProxyError> {
+    let key = host.key();
+    let granted = |cookie| Granted { sandbox_id: key.to_string(), bearer_used: false, cookie };
+    let mut denied = Denied::default();
+    let mut outage: Option<LookupError> = None;
+    let mut note = |method, result: Result<bool, LookupError>, denied: &mut Denied| match result {
+        Ok(true) => true,
+        Ok(false) => {
+            denied.0.push((method, Outcome::Rejected));
+            false
+        }
+        Err(e) => {
+            if e.is_transient() {
+                outage = Some(e);
+            }
+            denied.0.push((method, Outcome::Rejected));
+            false
+        }
+    };
+
+    match &creds.bearer {
+        Some(bearer) => {
+            if note(Method::Bearer, control_plane.has_access(key, bearer, client_ip).await, &mut denied) {
+                return Ok(Granted { bearer_used: true, ..granted(None) });
+            }
+        }
+        None => denied.0.push((Method::Bearer, Outcome::NotSent)),
+    }
+    match &creds.preview_token {
+        Some(token) => {
+            if note(Method::PreviewTokenHeader, control_plane.validate_token(key, token).await, &mut denied) {
+                return Ok(granted(None));
+            }
+        }
+        None => denied.0.push((Method::PreviewTokenHeader, Outcome::NotSent)),
+    }
+    match &creds.query_key {
+        Some(token) => {
+            if note(Method::QueryKey, control_plane.validate_token(key, token).await, &mut denied) {
+                // Browsers sent the key in a URL (iframe, WebSocket): a cookie
+                // lets the page's other requests through without it.
+                return Ok(granted(Some(Grant { sandbox_id: key.to_string(), port: None })));
+            }
+        }
+        None => denied.0.push((Method::QueryKey, Outcome::NotSent)),
+    }
+    match creds.cookie.as_deref().map(|v| signer.verify(&auth_cookie::cookie_name(key), v, now)) {
+        Some(Some(grant)) if grant.port.is_none_or(|p| p == host.port().get()) => {
+            return Ok(Granted { sandbox_id: grant.sandbox_id, bearer_used: false, cookie: None });
+        }
+        Some(_) => denied.0.push((Method::Cookie, Outcome::Rejected)),
+        None => denied.0.push((Method::Cookie, Outcome::NotSent)),
+    }
+    // Signed tokens are lower-case letters and digits; sandbox ids with a
+    // dash (UUIDs) are never looked up as tokens.
+    if key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        match control_plane.resolve_signed(key, host.port()).await {
+            Ok(Some(sandbox_id)) => {
+                let grant = Grant { sandbox_id: sandbox_id.to_string(), port: Some(host.port().get()) };
+                return Ok(Granted { sandbox_id: sandbox_id.to_string(), bearer_used: false, cookie: Some(grant) });
+            }
+            other => {
+                note(Method::SignedUrl, other.map(|_| false), &mut denied);
+            }
+        }
+    } else {
+        denied.0.push((Method::SignedUrl, Outcome::NotSent));
+    }
+
+    match outage {
+        Some(e) => Err(e.into()),
+        None => Err(ProxyError::Unauthorized(denied)),
+    }
+}
+
+/// The client's address for the control plane: the peer, or when the peer
+/// is a trusted front proxy, the nearest untrusted `X-Forwarded-For` hop.
+pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
+    if !trusted(peer) {
+        return peer;
+    }
+    let hops: Vec<IpAddr> = headers
+        .get_all(crate::forward::X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|h| h.trim().parse().ok())
+        .collect();
+    hops.iter().rev().copied().find(|ip| !trusted(*ip)).or(hops.first().copied()).unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_key_is_removed_byte_for_byte() {
+        let cases = [
+            ("DAYTONA_SANDBOX_AUTH_KEY=tok", Some(("tok", ""))),
+            ("a=1&DAYTONA_SANDBOX_AUTH_KEY=tok&b=%2F+x&c", Some(("tok", "a=1&b=%2F+x&c"))),
+            ("z=(1)&DAYTONA_SANDBOX_AUTH_KEY=t%6Fk", Some(("tok", "z=(1)"))),
+            ("DAYTONA_SANDBOX_AUTH_KEY", Some(("", ""))),
+            ("a=1&a=2", None),
+            ("daytona_sandbox_auth_key=x", None),
+            ("", None),
+        ];
+        for (query, want) in cases {
+            let got = take_query_key(query);
+            assert_eq!(got.as_ref().map(|(v, r)| (v.as_str(), r.as_str())), want, "{query}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_tolerates_garbage() {
+        assert_eq!(percent_decode("%41%4a%"), "AJ%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn credentials_are_taken_out() {
+        let mut h = http::HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer api-key"));
+        h.insert(X_DAYTONA_PREVIEW_TOKEN, HeaderValue::from_static("tok"));
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("app=1; daytona-sandbox-auth-sbx=signed; daytona-preview-page-accepted=true"),
+        );
+        h.append(COOKIE, HeaderValue::from_static("daytona-sandbox-auth-other=x"));
+        let (c, target) = Credentials::take(&mut h, "/p?x=1&DAYTONA_SANDBOX_AUTH_KEY=q", "sbx");
+        assert_eq!(c.bearer.as_deref(), Some("api-key"));
+        assert_eq!(c.preview_token.as_deref(), Some("tok"));
+        assert_eq!(c.query_key.as_deref(), Some("q"));
+        assert_eq!(c.cookie.as_deref(), Some("signed"));
+        assert_eq!(target.as_deref(), Some("/p?x=1"));
+        assert!(h.get(X_DAYTONA_PREVIEW_TOKEN).is_none());
+        assert_eq!(h.get_all(COOKIE).iter().collect::<Vec<_>>(), ["app=1"]);
+        assert!(h.contains_key(AUTHORIZATION), "the bearer goes only once accepted");
+    }
+
+    #[test]
+    fn denial_message_names_methods_without_secrets() {
+        let d = Denied(vec![(Method::Bearer, Outcome::Rejected), (Method::Cookie, Outcome::NotSent)]);
+        let m = d.message();
+        assert!(m.contains("Authorization: Bearer <API key> (rejected)"), "{m}");
+        assert!(m.contains("auth cookie (not sent)"), "{m}");
+    }
+
+    #[test]
+    fn client_ip_skips_trusted_hops() {
+        let trusted = |ip: IpAddr| ip.is_loopback() || matches!(ip, IpAddr::V4(v4) if v4.is_private());
+        let mut h = http::HeaderMap::new();
+        h.insert(crate::forward::X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.0.0.2"));
+        assert_eq!(client_ip("127.0.0.1".parse().unwrap(), &h, trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip("8.8.8.8".parse().unwrap(), &h, trusted),
+            "8.8.8.8".parse::<IpAddr>().unwrap(),
+            "spoofed XFF from an untrusted peer"
+        );
+    }
+}
