@@ -11,6 +11,7 @@ pub mod forward;
 pub mod host;
 pub mod proxy;
 pub mod server;
+pub mod signed_url;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};

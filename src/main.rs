@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use preview_proxy::config::{settings_help, Config};
-use preview_proxy::{proxy::Proxy, server};
+use preview_proxy::{proxy::Proxy, server, signed_url};
 
 const DEFAULT_CONFIG: &str = "config/proxy.toml";
 
@@ -14,8 +14,31 @@ const DEFAULT_CONFIG: &str = "config/proxy.toml";
 #[command(version, after_help = settings_help())]
 struct Cli {
     /// TOML settings file [default: config/proxy.toml, if present]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Mint a signed preview URL in the embedded registry and print it
+    SignUrl {
+        /// Sandbox id (must be in the registry)
+        #[arg(long)]
+        sandbox: String,
+        /// App port the URL opens
+        #[arg(long)]
+        port: u16,
+        /// Lifetime in seconds (1-86400)
+        #[arg(long, default_value_t = 60)]
+        expires_in: u64,
+    },
+    /// Expire a signed preview URL's token now
+    RevokeUrl {
+        /// The token (the part after `<port>-` in the URL's host)
+        token: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,6 +56,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let now = preview_proxy::control_plane::unix_now();
+    let done = match cli.command {
+        None => None,
+        Some(Command::SignUrl { sandbox, port, expires_in }) => {
+            Some(signed_url::sign(&config, &sandbox, port, expires_in, now).map(|url| println!("{url}")))
+        }
+        Some(Command::RevokeUrl { token }) => {
+            Some(signed_url::revoke(&config, &token, now).map(|()| println!("revoked")))
+        }
+    };
+    if let Some(result) = done {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the Tokio runtime");
     match runtime.block_on(serve(config)) {

@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use preview_proxy::config::SETTINGS;
@@ -65,31 +66,63 @@ fn a_broken_registry_is_a_start_up_error() {
     assert!(err.contains("REGISTRY_FILE") && err.contains("sandbox a"), "{err}");
 }
 
-#[tokio::test]
-async fn runs_for_real_and_stops_on_sigterm() {
-    let app = common::App::start().await;
+/// Starts the binary on 127.0.0.1:0 with `registry`; returns the child, its
+/// address, and everything it logs (collected as it arrives).
+async fn spawn_proxy(
+    registry: &str,
+    log_level: &str,
+) -> (std::process::Child, String, Arc<Mutex<String>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry.toml");
-    std::fs::write(&reg, "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n").unwrap();
+    std::fs::write(&reg, registry).unwrap();
     let mut child = proxy_command()
         .env("PROXY_LISTEN_ADDRESS", "127.0.0.1")
         .env("PROXY_PORT", "0")
+        .env("PROXY_API_KEY", "proxy-secret-key")
         .env("REGISTRY_FILE", &reg)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", log_level)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
     let addr = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
         let line = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("listening"))).expect("listening line").unwrap();
         let addr = line.rsplit("address=").next().unwrap().trim().to_string();
         // Keep draining so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         addr
     })
     .await
     .unwrap();
+    (child, addr, log, dir)
+}
+
+fn sigterm_and_wait(mut child: std::process::Child) -> std::process::ExitStatus {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!("did not exit after SIGTERM");
+}
+
+#[tokio::test]
+async fn runs_for_real_and_stops_on_sigterm() {
+    let app = common::App::start().await;
+    let (child, addr, _log, _dir) =
+        spawn_proxy("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n", "info").await;
 
     let client = common::client();
     let req = http::Request::builder()
@@ -101,18 +134,58 @@ async fn runs_for_real_and_stops_on_sigterm() {
     assert_eq!(resp.status(), 200);
     assert_eq!(app.last().target, "/hello?x=1");
 
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = tokio::task::spawn_blocking(move || {
-        for _ in 0..100 {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child.kill().unwrap();
-        panic!("did not exit after SIGTERM");
-    })
-    .await
-    .unwrap();
+    let status = tokio::task::spawn_blocking(move || sigterm_and_wait(child)).await.unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn credentials_and_signed_hosts_never_reach_the_logs() {
+    const SIGNED: &str = "zq8signedtokenvalue42";
+    let app = common::App::start().await;
+    let registry = format!(
+        "api_keys = [\"org-key-secret\"]\n[[sandboxes]]\nid = \"priv\"\ntoken = \"token-secret\"\nupstream = \"127.0.0.1\"\n\n[[signed_urls]]\ntoken = \"{SIGNED}\"\nsandbox = \"priv\"\nport = 1\nexpires_at = 99999999999\n"
+    );
+    let (child, addr, log, _dir) = spawn_proxy(&registry, "debug").await;
+    let port = app.addr.port();
+    let client = common::client();
+    let requests: Vec<(String, String, Vec<(&str, &str)>)> = vec![
+        (
+            format!("{port}-priv.preview.localhost"),
+            "/?DAYTONA_SANDBOX_AUTH_KEY=token-secret&q=query-secret".into(),
+            vec![],
+        ),
+        (format!("{port}-priv.preview.localhost"), "/".into(), vec![("x-daytona-preview-token", "token-secret")]),
+        (format!("{port}-priv.preview.localhost"), "/".into(), vec![("authorization", "Bearer org-key-secret")]),
+        (format!("{port}-priv.preview.localhost"), "/".into(), vec![("authorization", "Bearer wrong-bearer-secret")]),
+        (
+            format!("{port}-priv.preview.localhost"),
+            "/".into(),
+            vec![("cookie", "daytona-sandbox-auth-priv=cookie-secret")],
+        ),
+        // Port 1 answers nothing: a 502 that is logged as a warning.
+        (format!("1-{SIGNED}.preview.localhost"), "/".into(), vec![]),
+        (format!("{port}-{SIGNED}.preview.localhost"), "/".into(), vec![]),
+    ];
+    for (host, path, headers) in requests {
+        let mut req = http::Request::builder().uri(format!("http://{addr}{path}")).header("host", host);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        client.request(req.body(common::empty()).unwrap()).await.unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || sigterm_and_wait(child)).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = log.lock().unwrap().clone();
+    assert!(log.contains("request failed"), "the 502 was logged: {log}");
+    for secret in [
+        "token-secret",
+        "query-secret",
+        "org-key-secret",
+        "wrong-bearer-secret",
+        "cookie-secret",
+        SIGNED,
+        "proxy-secret-key",
+    ] {
+        assert!(!log.contains(secret), "{secret} appears in the log:\n{log}");
+    }
 }

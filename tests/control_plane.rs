@@ -232,16 +232,3 @@ async fn registry_runner_mode_uses_runner_path_and_key() {
     assert_eq!(seen.target, "/base/sandboxes/3a828150-1573-42e3-bf9f-9793a2c2c0c2/toolbox/proxy/5173/x?y=1");
     assert_eq!(seen.headers["x-daytona-authorization"], "Bearer rk");
 }
-
-/// Polls `check` until it holds, for at most five seconds.
-async fn wait_for<F, Fut>(check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !check().await {
-        assert!(Instant::now() < deadline, "condition not reached in 5 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}

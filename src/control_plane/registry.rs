@@ -247,10 +247,15 @@ fn load(path: &Path) -> Result<Snapshot, String> {
     Snapshot::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// What identifies a version of the file: modification time and size.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// What identifies a version of the file: modification time, size, and
+/// inode (an atomic replace makes a new one even when size and time match).
+fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((meta.modified().ok()?, meta.len(), inode))
 }
 
 #[cfg(test)]

@@ -184,6 +184,14 @@ pub struct ApiState {
     pub stall: AtomicBool,
     /// Every `Authorization` header the API received.
     pub authorizations: Mutex<Vec<String>>,
+    /// `X-Forwarded-For` of access checks.
+    pub access_xff: Mutex<Vec<String>>,
+    /// Preview token per sandbox.
+    pub tokens: Mutex<HashMap<String, String>>,
+    /// Bearer -> sandboxes it may open.
+    pub bearers: Mutex<HashMap<String, Vec<String>>>,
+    /// Signed token -> (sandbox, port); removed = revoked.
+    pub signed: Mutex<HashMap<String, (String, u16)>>,
 }
 
 pub struct MockApi {
@@ -206,7 +214,24 @@ impl MockApi {
         );
     }
 
-    /// Calls received on an endpoint: `public`, `runner`.
+    pub fn set_token(&self, id: &str, token: &str) {
+        self.state.tokens.lock().unwrap().insert(id.into(), token.into());
+    }
+
+    pub fn grant_bearer(&self, bearer: &str, id: &str) {
+        self.state.bearers.lock().unwrap().entry(bearer.into()).or_default().push(id.into());
+    }
+
+    pub fn add_signed(&self, token: &str, id: &str, port: u16) {
+        self.state.signed.lock().unwrap().insert(token.into(), (id.into(), port));
+    }
+
+    pub fn revoke_signed(&self, token: &str) {
+        self.state.signed.lock().unwrap().remove(token);
+    }
+
+    /// Calls received on an endpoint: `public`, `runner`, `validate`,
+    /// `access`, `signed`.
     pub fn calls(&self, endpoint: &str) -> u64 {
         self.state.calls.lock().unwrap().get(endpoint).copied().unwrap_or(0)
     }
@@ -227,11 +252,17 @@ async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Test
     let endpoint = match seg.as_slice() {
         ["preview", _, "public"] => "public",
         ["runners", "by-sandbox", _] => "runner",
+        ["preview", _, "validate", _] => "validate",
+        ["preview", _, "access"] => "access",
+        ["preview", _, _, "sandbox-id"] => "signed",
         _ => "other",
     };
     *state.calls.lock().unwrap().entry(endpoint.to_string()).or_default() += 1;
-    if let Some(auth) = req.headers().get("authorization") {
-        state.authorizations.lock().unwrap().push(auth.to_str().unwrap().to_string());
+    let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    state.authorizations.lock().unwrap().push(auth.clone());
+    if endpoint == "access" {
+        let xff = req.headers().get("x-forwarded-for").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        state.access_xff.lock().unwrap().push(xff);
     }
     let latency = state.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {
@@ -259,6 +290,25 @@ async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Test
                 &format!(r#"{{"id":"r1","proxyUrl":"{url}","apiUrl":"http://ignored","apiKey":"{runner_key}"}}"#),
             ),
             _ => json(404, r#"{"statusCode":404,"message":"Runner not found","code":"NOT_FOUND"}"#),
+        },
+        ["preview", id, "validate", token] => match state.tokens.lock().unwrap().get(*id) {
+            Some(t) if t == token => json(200, "true"),
+            _ => json(404, r#"{"statusCode":404,"message":"Invalid token","code":"NOT_FOUND"}"#),
+        },
+        ["preview", id, "access"] => {
+            let bearer = auth.strip_prefix("Bearer ").unwrap_or_default();
+            let ok = state.bearers.lock().unwrap().get(bearer).is_some_and(|ids| ids.iter().any(|i| i == id));
+            if ok {
+                json(200, "true")
+            } else {
+                json(403, r#"{"statusCode":403,"message":"Forbidden","code":"FORBIDDEN"}"#)
+            }
+        }
+        ["preview", token, port, "sandbox-id"] => match state.signed.lock().unwrap().get(*token) {
+            Some((id, p)) if p.to_string() == *port => {
+                Response::builder().header("content-type", "text/plain").body(full(id.clone())).unwrap()
+            }
+            _ => json(403, r#"{"statusCode":403,"message":"Invalid or expired token","code":"FORBIDDEN"}"#),
         },
         _ => json(404, r#"{"statusCode":404,"message":"no such endpoint","code":"NOT_FOUND"}"#),
     }
@@ -362,4 +412,60 @@ pub fn sha256_hex(chunks: &[Bytes]) -> String {
         h.update(c);
     }
     format!("{:x}", h.finalize())
+}
+
+/// Polls `check` until it holds, for at most five seconds.
+pub async fn wait_for<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "condition not reached in 5 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A WebSocket echo app on 127.0.0.1:0 (any path); returns its address.
+pub async fn ws_echo() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type WsResponse = tokio_tungstenite::tungstenite::handshake::client::Response;
+
+/// Opens a WebSocket through the proxy to `host` with extra headers.
+pub async fn ws_connect(
+    proxy: &TestProxy,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(WsStream, WsResponse), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}{}", proxy.addr, path).into_client_request().unwrap();
+    req.headers_mut().insert("host", host.parse().unwrap());
+    for (k, v) in headers {
+        req.headers_mut().insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(req).await
 }
