@@ -14,6 +14,9 @@ const TOKEN1: &str = "tok-one";
 const BEARER1: &str = "user-api-key";
 const SIGNED: &str = "abcdefghijklmnop12";
 
+/// (what, headers, path, allowed)
+type Case = (String, Vec<(&'static str, String)>, String, bool);
+
 struct World {
     api: MockApi,
     runner: App,
@@ -57,7 +60,7 @@ async fn method_matrix() {
             let open = public && !reserved;
             let h = host(port, id);
             let bearer_ok = id == "priv1"; // the bearer only opens priv1
-            let cases: Vec<(String, Vec<(&str, String)>, String, bool)> = vec![
+            let cases: Vec<Case> = vec![
                 ("nothing".into(), vec![], "/".into(), open),
                 ("valid header".into(), vec![("x-daytona-preview-token", token.into())], "/".into(), true),
                 ("invalid header".into(), vec![("x-daytona-preview-token", "wrong".into())], "/".into(), open),
