@@ -192,3 +192,31 @@ async fn credentials_and_signed_hosts_never_reach_the_logs() {
         assert!(!log.contains(secret), "{secret} appears in the log:\n{log}");
     }
 }
+
+#[test]
+fn sign_url_and_revoke_url_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry.toml");
+    std::fs::write(&reg, "[[sandboxes]]\nid = \"demo\"\nupstream = \"127.0.0.1\"\n").unwrap();
+    let run = |args: &[&str]| {
+        proxy_command()
+            .env("REGISTRY_FILE", &reg)
+            .env("PROXY_PROTOCOL", "https")
+            .env("PROXY_DOMAIN", "preview.example.com")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["sign-url", "--sandbox", "demo", "--port", "5173", "--expires-in", "600"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let token = url.strip_prefix("https://5173-").and_then(|r| r.strip_suffix(".preview.example.com/")).expect(&url);
+    assert!(token.len() >= 16 && token.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "{token}");
+    assert!(std::fs::read_to_string(&reg).unwrap().contains(token));
+
+    let out = run(&["revoke-url", token]);
+    assert!(out.status.success());
+    let out = run(&["sign-url", "--sandbox", "nosuch", "--port", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+}
