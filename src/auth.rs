@@ -10,7 +10,7 @@ use http::{HeaderName, HeaderValue};
 use crate::auth_cookie::{self, CookieSigner, Grant};
 use crate::control_plane::{ControlPlane, LookupError};
 use crate::error::ProxyError;
-use crate::host::PreviewHost;
+use crate::host::Port;
 
 pub const X_DAYTONA_PREVIEW_TOKEN: HeaderName = HeaderName::from_static("x-daytona-preview-token");
 /// Query parameter carrying the preview token (browsers cannot set headers
@@ -21,6 +21,8 @@ pub const QUERY_KEY: &str = "DAYTONA_SANDBOX_AUTH_KEY";
 /// bearer, which is removed only once it is accepted).
 #[derive(Default)]
 pub struct Credentials {
+    /// The client's address, for the control plane's per-client limits.
+    pub client_ip: Option<IpAddr>,
     bearer: Option<String>,
     preview_token: Option<String>,
     query_key: Option<String>,
@@ -177,15 +179,18 @@ pub struct Granted {
 
 /// Tries every method in order. Control-plane outages are not "invalid":
 /// when no method succeeds and one could not be checked, the answer is 503.
+/// `key` is the sandbox id or token from the host (or the toolbox path);
+/// `signed` says whether it may be a signed preview token.
 pub async fn authenticate(
     control_plane: &ControlPlane,
     signer: &CookieSigner,
-    host: &PreviewHost,
+    key: &str,
+    port: Port,
     creds: &Credentials,
-    client_ip: IpAddr,
     now: u64,
+    signed: bool,
 ) -> Result<Granted, ProxyError> {
-    let key = host.key();
+    let client_ip = creds.client_ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let granted = |cookie| Granted { sandbox_id: key.to_string(), bearer_used: false, cookie };
     let mut denied = Denied::default();
     let mut outage: Option<LookupError> = None;
@@ -231,7 +236,7 @@ pub async fn authenticate(
         None => denied.0.push((Method::QueryKey, Outcome::NotSent)),
     }
     match creds.cookie.as_deref().map(|v| signer.verify(&auth_cookie::cookie_name(key), v, now)) {
-        Some(Some(grant)) if grant.port.is_none_or(|p| p == host.port().get()) => {
+        Some(Some(grant)) if grant.port.is_none_or(|p| p == port.get()) => {
             return Ok(Granted { sandbox_id: grant.sandbox_id, bearer_used: false, cookie: None });
         }
         Some(_) => denied.0.push((Method::Cookie, Outcome::Rejected)),
@@ -239,10 +244,10 @@ pub async fn authenticate(
     }
     // Signed tokens are lower-case letters and digits; sandbox ids with a
     // dash (UUIDs) are never looked up as tokens.
-    if key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
-        match control_plane.resolve_signed(key, host.port()).await {
+    if signed && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        match control_plane.resolve_signed(key, port).await {
             Ok(Some(sandbox_id)) => {
-                let grant = Grant { sandbox_id: sandbox_id.to_string(), port: Some(host.port().get()) };
+                let grant = Grant { sandbox_id: sandbox_id.to_string(), port: Some(port.get()) };
                 return Ok(Granted { sandbox_id: sandbox_id.to_string(), bearer_used: false, cookie: Some(grant) });
             }
             other => {

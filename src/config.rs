@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::warning_page::Branding;
+
 /// One setting: its environment name (the TOML key is the same in lower
 /// case), its default, and what it does.
 pub struct Setting {
@@ -34,6 +36,18 @@ pub const SETTINGS: &[Setting] = &[
         name: "PROXY_API_KEY",
         default: "",
         help: "bearer sent to the Daytona API; required with DAYTONA_API_URL",
+    },
+    Setting {
+        name: "PROXY_DOMAIN",
+        default: "",
+        help: "domain printed in signed preview URLs (sign-url); empty = preview.localhost:<PROXY_PORT>",
+    },
+    Setting { name: "COOKIE_DOMAIN", default: "", help: "Domain of the auth cookie; empty = the request host" },
+    Setting {
+        name: "AUTH_COOKIE_SECRET",
+        default: "",
+        help:
+            "secret that signs auth cookies; empty = derived from PROXY_API_KEY (random per process if both are empty)",
     },
     Setting {
         name: "DAYTONA_API_URL",
@@ -78,6 +92,46 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting { name: "HEADER_READ_TIMEOUT_SEC", default: "10", help: "time limit for a client to send request headers" },
     Setting {
+        name: "PREVIEW_WARNING_ENABLED",
+        default: "false",
+        help: "show browsers a warning page before a preview's first page load",
+    },
+    Setting {
+        name: "PREVIEW_WARNING_PRODUCT_NAME",
+        default: "this platform",
+        help: "product name on the warning page",
+    },
+    Setting {
+        name: "PREVIEW_WARNING_LOGO_URL",
+        default: "",
+        help: "http(s) URL of a logo for the warning page; empty = none",
+    },
+    Setting {
+        name: "PREVIEW_WARNING_ACCENT_COLOR",
+        default: "#1f6feb",
+        help: "button colour of the warning page (#rgb or #rrggbb)",
+    },
+    Setting {
+        name: "PREVIEW_WARNING_SUPPORT_URL",
+        default: "",
+        help: "http(s) support link on the warning page; empty = none",
+    },
+    Setting {
+        name: "TOOLBOX_ONLY_MODE",
+        default: "false",
+        help: "refuse every preview port except the toolbox (2280)",
+    },
+    Setting {
+        name: "ACTIVITY_UPDATE_INTERVAL_SEC",
+        default: "45",
+        help: "at most one last-activity update per sandbox this often",
+    },
+    Setting {
+        name: "ACTIVITY_KEEPALIVE_INTERVAL_SEC",
+        default: "50",
+        help: "how often open WebSockets and streams renew last activity",
+    },
+    Setting {
         name: "SHUTDOWN_TIMEOUT_SEC",
         default: "3600",
         help: "how long in-flight requests may finish after SIGTERM/SIGINT",
@@ -109,6 +163,11 @@ pub struct Config {
     pub upstream_timeout: Duration,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// `None`: no warning page.
+    pub warning: Option<Branding>,
+    pub toolbox_only: bool,
+    pub activity_dedup: Duration,
+    pub activity_keepalive: Duration,
     pub cache: CacheTtls,
 }
 
@@ -205,6 +264,16 @@ impl Config {
         let upstream_timeout = s.get("UPSTREAM_TIMEOUT_SEC", seconds);
         let header_read_timeout = s.get("HEADER_READ_TIMEOUT_SEC", seconds);
         let shutdown_timeout = s.get("SHUTDOWN_TIMEOUT_SEC", seconds_or_zero);
+        let warning_enabled = s.get("PREVIEW_WARNING_ENABLED", boolean);
+        let branding = Branding {
+            product: s.get("PREVIEW_WARNING_PRODUCT_NAME", |v| Ok(v.to_string())),
+            logo_url: s.get("PREVIEW_WARNING_LOGO_URL", optional_http_url),
+            accent: s.get("PREVIEW_WARNING_ACCENT_COLOR", hex_colour),
+            support_url: s.get("PREVIEW_WARNING_SUPPORT_URL", optional_http_url),
+        };
+        let toolbox_only = s.get("TOOLBOX_ONLY_MODE", boolean);
+        let activity_dedup = s.get("ACTIVITY_UPDATE_INTERVAL_SEC", seconds);
+        let activity_keepalive = s.get("ACTIVITY_KEEPALIVE_INTERVAL_SEC", seconds);
         if !s.errors.is_empty() {
             return Err(ConfigError(s.errors));
         }
@@ -226,6 +295,10 @@ impl Config {
             upstream_timeout,
             header_read_timeout,
             shutdown_timeout,
+            warning: warning_enabled.then_some(branding),
+            toolbox_only,
+            activity_dedup,
+            activity_keepalive,
             cache: CacheTtls::default(),
         })
     }
@@ -293,7 +366,9 @@ impl Sources<'_> {
             };
             return (text, Origin::File);
         }
-        let default = SETTINGS.iter().find(|s| s.name == name).map(|s| s.default).unwrap_or_default();
+        let setting = SETTINGS.iter().find(|s| s.name == name);
+        debug_assert!(setting.is_some(), "{name} is read but not in SETTINGS");
+        let default = setting.map(|s| s.default).unwrap_or_default();
         (default.to_string(), Origin::Default)
     }
 
@@ -342,6 +417,31 @@ fn millis(v: &str) -> Result<Duration, String> {
     match v.parse::<u64>() {
         Ok(n) if n > 0 => Ok(Duration::from_millis(n)),
         _ => Err("expected a whole number of milliseconds, at least 1".into()),
+    }
+}
+
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn hex_colour(v: &str) -> Result<String, String> {
+    let digits = v.strip_prefix('#').unwrap_or("");
+    if matches!(digits.len(), 3 | 6) && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(v.to_string())
+    } else {
+        Err("expected a colour like #1f6feb".into())
+    }
+}
+
+fn optional_http_url(v: &str) -> Result<String, String> {
+    if v.is_empty() || ((v.starts_with("https://") || v.starts_with("http://")) && reqwest::Url::parse(v).is_ok()) {
+        Ok(v.to_string())
+    } else {
+        Err("expected an http:// or https:// URL".into())
     }
 }
 
@@ -414,6 +514,17 @@ mod tests {
             assert!(text.contains(name), "{name} missing from {text}");
         }
         assert_eq!(e.0.len(), 6, "{text}");
+        let e = Config::from_sources(
+            &toml::Table::new(),
+            Path::new(""),
+            &env(&[
+                ("PREVIEW_WARNING_ENABLED", "maybe"),
+                ("PREVIEW_WARNING_ACCENT_COLOR", "red;}"),
+                ("PREVIEW_WARNING_LOGO_URL", "javascript:x"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
     }
 
     #[test]

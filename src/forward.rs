@@ -17,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use crate::activity::ActivityGuard;
 use crate::config::Config;
 use crate::control_plane::Target;
 use crate::error::ProxyError;
@@ -88,6 +89,77 @@ pub fn upstream_uri(target: &Target, sandbox_id: &str, port: Port, path_and_quer
         }
     };
     uri.map_err(|_| ProxyError::BadPath)
+}
+
+/// The toolbox route's upstream: `{proxyUrl}/sandboxes/{id}/toolbox{path}`,
+/// or port 2280 of a direct upstream.
+pub fn toolbox_uri(target: &Target, sandbox_id: &str, path_and_query: &str) -> Result<Uri, ProxyError> {
+    let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
+    if !path_and_query.starts_with('/') || has_dot_segment(path) {
+        return Err(ProxyError::BadPath);
+    }
+    let uri = match target {
+        Target::Runner(runner) => {
+            let pq = format!("{}/sandboxes/{sandbox_id}/toolbox{path_and_query}", runner.prefix);
+            Uri::builder().scheme(runner.scheme.clone()).authority(runner.authority.clone()).path_and_query(pq).build()
+        }
+        Target::Direct(host) => {
+            Uri::builder().scheme("http").authority(format!("{host}:2280")).path_and_query(path_and_query).build()
+        }
+    };
+    uri.map_err(|_| ProxyError::BadPath)
+}
+
+/// Re-prefixes a toolbox redirect's path-absolute `Location` with
+/// `/toolbox/{id}` so the client stays on the toolbox route.
+pub fn prefix_location(headers: &mut HeaderMap, sandbox_id: &str) {
+    let Some(location) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else { return };
+    let prefix = format!("/toolbox/{sandbox_id}");
+    if !location.starts_with('/') || location.starts_with("//") || location.starts_with(&prefix) {
+        return;
+    }
+    if let Ok(v) = HeaderValue::try_from(format!("{prefix}{location}")) {
+        headers.insert(header::LOCATION, v);
+    }
+}
+
+/// The upstream's response body, holding what must live as long as it
+/// streams (the sandbox's activity keep-alive).
+pub struct UpstreamBody {
+    body: Incoming,
+    _guard: Option<ActivityGuard>,
+}
+
+impl UpstreamBody {
+    pub fn new(body: Incoming, guard: Option<ActivityGuard>) -> UpstreamBody {
+        UpstreamBody { body, _guard: guard }
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Whether a response streams for an unknown time (no `Content-Length`:
+/// server-sent events, chunked streams).
+pub fn is_streaming(resp: &Response<Incoming>) -> bool {
+    !resp.headers().contains_key(header::CONTENT_LENGTH) && !resp.body().is_end_stream()
 }
 
 /// Whether a path has a `.` or `..` segment, counting `%2e` as a dot,
@@ -330,9 +402,10 @@ pub fn is_empty_bad_gateway(resp: &Response<Incoming>) -> bool {
 }
 
 /// Joins the client's and the upstream's upgraded connections and copies
-/// bytes both ways until either side closes.
-pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// bytes both ways until either side closes; `guard` lives as long.
+pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, guard: Option<ActivityGuard>) {
     tokio::spawn(async move {
+        let _guard = guard;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
@@ -400,6 +473,28 @@ mod tests {
             "/a/%2e",
         ] {
             assert!(matches!(upstream_uri(&runner(), "a", port("3000"), pq), Err(ProxyError::BadPath)), "{pq}");
+        }
+    }
+
+    #[test]
+    fn toolbox_uri_and_location_prefix() {
+        let uri = toolbox_uri(&runner(), "sbx", "/files/list?path=%2Ftmp").unwrap();
+        assert_eq!(uri.to_string(), "http://runner:3003/sandboxes/sbx/toolbox/files/list?path=%2Ftmp");
+        assert!(toolbox_uri(&runner(), "sbx", "/../../other/toolbox/x").is_err());
+        let direct = toolbox_uri(&Target::Direct("127.0.0.1".into()), "sbx", "/version").unwrap();
+        assert_eq!(direct.to_string(), "http://127.0.0.1:2280/version");
+
+        let cases = [
+            ("/files/", "/toolbox/sbx/files/"),
+            ("/toolbox/sbx/x", "/toolbox/sbx/x"),
+            ("//evil.com/", "//evil.com/"),
+            ("https://runner/x", "https://runner/x"),
+        ];
+        for (loc, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(header::LOCATION, HeaderValue::from_static(loc));
+            prefix_location(&mut h, "sbx");
+            assert_eq!(h[header::LOCATION], want, "{loc}");
         }
     }
 

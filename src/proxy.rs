@@ -1,38 +1,58 @@
-//! The request pipeline, top to bottom: parse host -> the proxy's own routes,
-//! or look up the sandbox -> authorise -> resolve target -> forward -> log.
+//! The request pipeline, top to bottom: CORS and preflights -> the proxy's
+//! own routes, or for a preview: warning page -> credentials out -> public
+//! check -> authenticate -> resolve target -> forward -> activity -> log.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, SET_COOKIE, UPGRADE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::activity::Activity;
 use crate::auth::{self, Credentials};
 use crate::auth_cookie::{self, CookieSigner};
 use crate::config::Config;
 use crate::control_plane::{unix_now, ControlPlane, DaytonaApi, Registry, Target};
+use crate::cors::Cors;
 use crate::error::{wants_html, ErrorPages, ProxyError};
-use crate::forward::{self, Downstream, HttpClient};
-use crate::host::{self, PreviewHost};
+use crate::forward::{self, Downstream, HttpClient, UpstreamBody};
+use crate::host::{self, Port, PreviewHost};
+use crate::warning_page::{self, WarningPage};
 use crate::Body;
+
+pub const X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE: HeaderName =
+    HeaderName::from_static("x-daytona-skip-last-activity-update");
+const TOOLBOX_PORT: u16 = 2280;
 
 /// Shared state of a running proxy.
 pub struct Proxy {
     config: Config,
-    control_plane: ControlPlane,
+    control_plane: Arc<ControlPlane>,
     /// Pooled upstream client.
     client: HttpClient,
     pages: ErrorPages,
+    /// `Some` when the warning page is enabled.
+    warning: Option<WarningPage>,
     /// Signs and checks auth cookies.
     signer: CookieSigner,
-    /// `http` or `https`, for `X-Forwarded-Proto`.
+    activity: Arc<Activity>,
+    /// `http` or `https`, for `X-Forwarded-Proto` and printed URLs.
     proto: &'static str,
     /// `/health` answer, built once.
     health: Bytes,
+}
+
+/// Where a proxied request goes.
+enum Dest<'a> {
+    /// A preview host: `<port>-<key>.<base>`.
+    Preview(&'a PreviewHost),
+    /// `/toolbox/{id}{path}` on a non-preview host.
+    Toolbox { sandbox_id: &'a str, path_and_query: &'a str },
 }
 
 impl Proxy {
@@ -40,7 +60,7 @@ impl Proxy {
     /// embedded registry (watched for changes) otherwise. Must run inside a
     /// Tokio runtime.
     pub fn new(config: Config) -> anyhow::Result<Proxy> {
-        let control_plane = match &config.api_url {
+        let control_plane = Arc::new(match &config.api_url {
             Some(_) => ControlPlane::Api(Box::new(DaytonaApi::new(&config)?)),
             None => {
                 let registry =
@@ -48,7 +68,7 @@ impl Proxy {
                 registry.watch(config.registry_reload_interval);
                 ControlPlane::Registry(registry)
             }
-        };
+        });
         let secret = if !config.cookie_secret.is_empty() { &config.cookie_secret } else { &config.api_key };
         let signer = if secret.is_empty() {
             tracing::warn!("neither AUTH_COOKIE_SECRET nor PROXY_API_KEY is set: auth cookies use a random key and end with this process");
@@ -56,13 +76,21 @@ impl Proxy {
         } else {
             CookieSigner::new(secret.as_bytes())
         };
+        let activity = Activity::new(
+            control_plane.clone(),
+            config.activity_dedup,
+            config.activity_keepalive,
+            config.api_client_timeout,
+        );
         let health = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
         Ok(Proxy {
             client: forward::client(&config),
             proto: if config.https { "https" } else { "http" },
+            warning: config.warning.as_ref().map(WarningPage::new),
             control_plane,
             pages: ErrorPages::new(),
             signer,
+            activity,
             health: Bytes::from(health),
             config,
         })
@@ -73,75 +101,141 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: errors become negotiated pages.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let cors = Cors::take(req.headers_mut());
+        if cors.is_preflight(req.method(), req.headers()) {
+            let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            cors.preflight_headers(req.headers(), resp.headers_mut());
+            return resp;
+        }
+        let mut resp = self.route(req, peer).await;
+        cors.apply(resp.headers_mut());
+        resp
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let html = wants_html(req.headers());
         let host_value = request_host(&req);
-        let preview = host_value
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| host::parse(h, &self.config.allowed_base_domains));
-        let (Some(preview), Some(host_value)) = (preview, host_value) else {
-            return self.own_route(&req, html);
+        let host_str = host_value.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default();
+        if req.method() == Method::POST && req.uri().path() == warning_page::ACCEPT_PATH {
+            return warning_page::accept(req.uri().query(), host_str, self.config.https).map(Either::Right);
+        }
+        let preview = host::parse(host_str, &self.config.allowed_base_domains);
+        let (Some(preview), Some(host_value)) = (preview, host_value.clone()) else {
+            return self.own_route(req, peer, host_value, html).await;
         };
+        if self.config.toolbox_only && preview.port().get() != TOOLBOX_PORT {
+            return self.pages.render(&ProxyError::NoRoute, html);
+        }
+        if let Some(page) = &self.warning {
+            if warning_page::should_warn(
+                req.method(),
+                req.headers(),
+                preview.port(),
+                forward::is_upgrade(req.headers()),
+            ) {
+                let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                return page.render(&format!("{}://{host_str}{pq}", self.proto)).map(Either::Right);
+            }
+        }
         let method = req.method().clone();
-        match self.preview(req, &preview, peer, host_value).await {
+        let result = self.proxy_request(req, peer, host_value, Dest::Preview(&preview)).await;
+        self.finish(result, &method, preview.port(), started, html)
+    }
+
+    /// Logs the outcome once and turns errors into pages.
+    fn finish(
+        &self,
+        result: Result<Response<Body>, ProxyError>,
+        method: &Method,
+        port: Port,
+        started: Instant,
+        html: bool,
+    ) -> Response<Body> {
+        match result {
             Ok(resp) => {
-                tracing::debug!(%method, status = resp.status().as_u16(), port = %preview.port(), elapsed_ms = started.elapsed().as_millis() as u64, "forwarded");
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                tracing::debug!(%method, status = resp.status().as_u16(), %port, elapsed_ms, "forwarded");
                 resp
             }
             Err(err) => {
-                // The host is not logged: its key may be a signed token.
+                // The host is never logged: its key may be a signed token.
+                let status = err.status().as_u16();
                 if err.status().is_server_error() {
-                    tracing::warn!(%method, status = err.status().as_u16(), code = err.code(), port = %preview.port(), error = %err, "request failed");
+                    tracing::warn!(%method, status, code = err.code(), %port, error = %err, "request failed");
                 } else {
-                    tracing::debug!(%method, status = err.status().as_u16(), code = err.code(), port = %preview.port(), "request refused");
+                    tracing::debug!(%method, status, code = err.code(), %port, "request refused");
                 }
                 self.pages.render(&err, html)
             }
         }
     }
 
-    async fn preview(
+    /// Authenticates and forwards a preview or toolbox request.
+    async fn proxy_request(
         &self,
         mut req: Request<Incoming>,
-        host: &PreviewHost,
         peer: SocketAddr,
         host_value: HeaderValue,
+        dest: Dest<'_>,
     ) -> Result<Response<Body>, ProxyError> {
+        let (key, port, cookie_host, original) = match &dest {
+            Dest::Preview(host) => {
+                let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                (host.key(), host.port(), Cow::Borrowed(host.as_str()), pq.to_string())
+            }
+            Dest::Toolbox { sandbox_id, path_and_query } => {
+                let host = host::strip_port(host_value.to_str().unwrap_or_default()).to_ascii_lowercase();
+                (*sandbox_id, Port::parse("2280").expect("valid port"), Cow::Owned(host), path_and_query.to_string())
+            }
+        };
         let upgrade = forward::is_upgrade(req.headers()).then(|| req.headers()[UPGRADE].clone());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let original = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        // Credentials leave the request whether or not this sandbox needs them.
-        let (creds, stripped) = Credentials::take(&mut parts.headers, original, host.key());
-        let path_and_query = stripped.as_deref().unwrap_or(original);
 
+        // Credentials and control headers leave the request whether or not
+        // this sandbox needs them.
+        let (mut creds, stripped) = Credentials::take(&mut parts.headers, &original, key);
+        let path_and_query = stripped.as_deref().unwrap_or(&original);
+        let skip_activity = parts
+            .headers
+            .remove(X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+
+        let needs_auth = match &dest {
+            Dest::Preview(host) => host.port().is_reserved() || !self.control_plane.is_public(key).await?,
+            Dest::Toolbox { .. } => true,
+        };
         let mut set_cookie = None;
-        let public = self.control_plane.is_public(host.key()).await?;
-        let sandbox_id: Cow<str> = if public && !host.port().is_reserved() {
-            Cow::Borrowed(host.key())
-        } else {
-            let client_ip = auth::client_ip(peer.ip(), &parts.headers, |ip| self.config.is_trusted_proxy(ip));
+        let sandbox_id: Cow<str> = if needs_auth {
+            creds.client_ip = Some(auth::client_ip(peer.ip(), &parts.headers, |ip| self.config.is_trusted_proxy(ip)));
             let now = unix_now();
-            let granted = auth::authenticate(&self.control_plane, &self.signer, host, &creds, client_ip, now).await?;
+            let signed = matches!(dest, Dest::Preview(_));
+            let granted = auth::authenticate(&self.control_plane, &self.signer, key, port, &creds, now, signed).await?;
             if granted.bearer_used {
                 parts.headers.remove(AUTHORIZATION);
             }
             if let Some(grant) = granted.cookie {
-                let name = auth_cookie::cookie_name(host.key());
+                let name = auth_cookie::cookie_name(key);
                 let domain = match &self.config.cookie_domain {
                     Some(d) => Cow::Borrowed(d.as_str()),
-                    None => Cow::Owned(format!(".{}", host.as_str())),
+                    None => Cow::Owned(format!(".{cookie_host}")),
                 };
                 let value = self.signer.sign(&name, &grant, now);
                 set_cookie = Some(auth_cookie::set_cookie(&name, value, &domain, self.config.https));
             }
             Cow::Owned(granted.sandbox_id)
+        } else {
+            Cow::Borrowed(key)
         };
-        let target = self.control_plane.target(&sandbox_id).await?;
-        let uri = forward::upstream_uri(&target, &sandbox_id, host.port(), path_and_query)?;
 
+        let target = self.control_plane.target(&sandbox_id).await?;
+        let uri = match &dest {
+            Dest::Preview(_) => forward::upstream_uri(&target, &sandbox_id, port, path_and_query)?,
+            Dest::Toolbox { .. } => forward::toolbox_uri(&target, &sandbox_id, path_and_query)?,
+        };
         let trusted = self.config.is_trusted_proxy(peer.ip());
         let down = Downstream { peer: peer.ip(), trusted, host: host_value, proto: self.proto };
         forward::prepare_request_headers(&mut parts.headers, &down, &target, upgrade);
@@ -150,31 +244,94 @@ impl Proxy {
         let direct = matches!(target, Target::Direct(_));
 
         let out = Request::from_parts(parts, Either::Left(body));
-        let mut resp = forward::send(&self.client, out, self.config.upstream_timeout, host.port(), direct).await?;
+        let mut resp = forward::send(&self.client, out, self.config.upstream_timeout, port, direct).await?;
         if !direct && forward::is_empty_bad_gateway(&resp) {
-            return Err(ProxyError::PortNotListening(host.port()));
+            return Err(ProxyError::PortNotListening(port));
         }
         forward::prepare_response_headers(&mut resp);
+        if let Dest::Toolbox { sandbox_id, .. } = &dest {
+            if resp.status().is_redirection() {
+                forward::prefix_location(resp.headers_mut(), sandbox_id);
+            }
+        }
         if let Some(cookie) = set_cookie {
             resp.headers_mut().append(SET_COOKIE, cookie);
         }
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+
+        // The request reached the sandbox: it counts as activity.
+        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let guard = match skip_activity {
+            true => None,
+            false if upgraded || forward::is_streaming(&resp) => Some(self.activity.hold(&sandbox_id)),
+            false => {
+                self.activity.touch(&sandbox_id);
+                None
+            }
+        };
+        if upgraded {
             if let Some(client) = client_upgrade {
-                forward::tunnel(client, hyper::upgrade::on(&mut resp));
+                forward::tunnel(client, hyper::upgrade::on(&mut resp), guard);
+                return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None))));
             }
         }
-        Ok(resp.map(Either::Left))
+        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, guard))))
     }
 
     /// Routes on hosts that are not preview hosts.
-    fn own_route(&self, req: &Request<Incoming>, html: bool) -> Response<Body> {
-        if req.uri().path() == "/health" && matches!(*req.method(), Method::GET | Method::HEAD) {
-            let mut resp = Response::new(Either::Right(Full::new(self.health.clone())));
-            resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            return resp;
+    async fn own_route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        host_value: Option<HeaderValue>,
+        html: bool,
+    ) -> Response<Body> {
+        let path = req.uri().path();
+        if path == "/health" && matches!(*req.method(), Method::GET | Method::HEAD) {
+            return json_response(StatusCode::OK, self.health.clone());
+        }
+        if let Some(rest) = path.strip_prefix("/toolbox/") {
+            let (id, _) = rest.split_once('/').unwrap_or((rest, ""));
+            let id = id.to_ascii_lowercase();
+            let valid = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if let (true, Some(host_value)) = (valid, host_value) {
+                let full = req.uri().path_and_query().map_or(path, |pq| pq.as_str());
+                let rest = full["/toolbox/".len() + id.len()..].to_string();
+                let rest = if rest.starts_with('/') { rest } else { format!("/{rest}") };
+                let started = Instant::now();
+                let method = req.method().clone();
+                let dest = Dest::Toolbox { sandbox_id: &id, path_and_query: &rest };
+                let result = self.proxy_request(req, peer, host_value, dest).await;
+                return self.finish(result, &method, Port::parse("2280").expect("valid port"), started, html);
+            }
+        }
+        if let Some(id) = path.strip_prefix("/sandboxes/").and_then(|p| p.strip_suffix("/last-activity")) {
+            if let ControlPlane::Registry(registry) = &*self.control_plane {
+                if req.method() == Method::GET && self.is_operator(&req) {
+                    let body = serde_json::json!({ "sandboxId": id, "lastActivityAt": registry.last_activity(id) });
+                    return json_response(StatusCode::OK, Bytes::from(body.to_string()));
+                }
+            }
         }
         self.pages.render(&ProxyError::NoRoute, html)
     }
+
+    /// Operator routes need `Authorization: Bearer <PROXY_API_KEY>` when a
+    /// key is configured.
+    fn is_operator(&self, req: &Request<Incoming>) -> bool {
+        if self.config.api_key.is_empty() {
+            return true;
+        }
+        let sent = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let want = format!("Bearer {}", self.config.api_key);
+        subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), want.as_bytes()).into()
+    }
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Either::Right(Full::new(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// The host the client asked for: the URI's authority (HTTP/2 `:authority`,

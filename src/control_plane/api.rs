@@ -177,12 +177,35 @@ impl DaytonaApi {
         auth: &HeaderValue,
         client_ip: Option<IpAddr>,
     ) -> Result<(StatusCode, Bytes), LookupError> {
+        self.request(Method::GET, path, what, auth, client_ip).await
+    }
+
+    /// `POST /sandbox/{id}/last-activity`: keeps the sandbox awake.
+    pub async fn touch(&self, sandbox_id: &str) -> Result<(), LookupError> {
+        let path = format!("/sandbox/{}/last-activity", segment(sandbox_id));
+        let (status, body) = self.request(Method::POST, &path, "last-activity update", &self.auth, None).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(LookupError::Invalid(format!("last-activity update answered {status}: {}", api_message(&body))))
+        }
+    }
+
+    /// One API call with retries (see [`DaytonaApi::call`]).
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        what: &str,
+        auth: &HeaderValue,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(StatusCode, Bytes), LookupError> {
         let url = format!("{}{}", self.base, path);
         let attempts = async {
             let mut delay = BACKOFF_BASE;
             let mut last_error = String::new();
             for attempt in 1..=ATTEMPTS {
-                let mut req = self.http.request(Method::GET, &url).header(http::header::AUTHORIZATION, auth.clone());
+                let mut req = self.http.request(method.clone(), &url).header(http::header::AUTHORIZATION, auth.clone());
                 if let Some(ip) = client_ip {
                     req = req.header("x-forwarded-for", ip.to_string());
                 }

@@ -117,6 +117,17 @@ impl ControlPlane {
         }
     }
 
+    /// Records that the sandbox is in use (keeps it from auto-stopping).
+    pub async fn touch(&self, sandbox_id: &str) -> Result<(), LookupError> {
+        match self {
+            ControlPlane::Api(api) => api.touch(sandbox_id).await,
+            ControlPlane::Registry(reg) => {
+                reg.touch(sandbox_id);
+                Ok(())
+            }
+        }
+    }
+
     /// Where the sandbox's traffic goes.
     pub async fn target(&self, sandbox_id: &str) -> Result<Target, LookupError> {
         match self {

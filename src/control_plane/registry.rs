@@ -181,17 +181,35 @@ pub struct Registry {
 struct Inner {
     path: PathBuf,
     current: ArcSwap<Snapshot>,
+    /// Last activity per sandbox, Unix milliseconds (kept across reloads).
+    last_activity: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl Registry {
     /// Loads the file; a missing or broken file is an error naming it.
     pub fn open(path: &Path) -> Result<Registry, String> {
         let snapshot = load(path)?;
-        Ok(Registry { inner: Arc::new(Inner { path: path.to_path_buf(), current: ArcSwap::from_pointee(snapshot) }) })
+        let inner = Inner {
+            path: path.to_path_buf(),
+            current: ArcSwap::from_pointee(snapshot),
+            last_activity: Default::default(),
+        };
+        Ok(Registry { inner: Arc::new(inner) })
     }
 
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.inner.current.load()
+    }
+
+    /// Records activity for a sandbox now.
+    pub fn touch(&self, sandbox_id: &str) {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.inner.last_activity.lock().unwrap_or_else(|e| e.into_inner()).insert(sandbox_id.to_string(), now);
+    }
+
+    /// When the sandbox was last active (Unix milliseconds), if ever.
+    pub fn last_activity(&self, sandbox_id: &str) -> Option<u64> {
+        self.inner.last_activity.lock().unwrap_or_else(|e| e.into_inner()).get(sandbox_id).copied()
     }
 
     /// Re-reads the file now. On error the current snapshot stays.

@@ -1,0 +1,130 @@
+//! Default CORS (SPEC 3): every origin allowed with credentials, preflights
+//! answered by the proxy, one value per header on every answer, and
+//! `X-Daytona-Disable-CORS: true` to turn all of it off for a request.
+
+use http::header::{
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD,
+    ORIGIN, VARY,
+};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+pub const X_DAYTONA_DISABLE_CORS: HeaderName = HeaderName::from_static("x-daytona-disable-cors");
+const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS");
+/// Browsers cache a preflight answer this long (12 h, as Daytona).
+const MAX_AGE: HeaderValue = HeaderValue::from_static("43200");
+
+/// What CORS does for one request.
+#[derive(Debug, PartialEq)]
+pub enum Cors {
+    /// Not a CORS request (no `Origin`), or CORS disabled by the client.
+    Off,
+    /// A cross-origin request: answers echo this origin.
+    On { origin: HeaderValue },
+}
+
+impl Cors {
+    /// Reads the request's CORS facts and removes `X-Daytona-Disable-CORS`.
+    pub fn take(headers: &mut HeaderMap) -> Cors {
+        let disabled =
+            headers.remove(X_DAYTONA_DISABLE_CORS).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        match headers.get(ORIGIN) {
+            Some(origin) if !disabled => Cors::On { origin: origin.clone() },
+            _ => Cors::Off,
+        }
+    }
+
+    /// Whether the request is a preflight the proxy answers itself.
+    pub fn is_preflight(&self, method: &Method, headers: &HeaderMap) -> bool {
+        matches!(self, Cors::On { .. })
+            && method == Method::OPTIONS
+            && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD)
+    }
+
+    /// Headers of the proxy's answer to a preflight.
+    pub fn preflight_headers(&self, request: &HeaderMap, out: &mut HeaderMap) {
+        self.apply(out);
+        out.insert(ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
+        // Allow whatever the page asked for.
+        let asked: Vec<&str> =
+            request.get_all(ACCESS_CONTROL_REQUEST_HEADERS).iter().filter_map(|v| v.to_str().ok()).collect();
+        if !asked.is_empty() {
+            if let Ok(v) = HeaderValue::try_from(asked.join(", ")) {
+                out.insert(ACCESS_CONTROL_ALLOW_HEADERS, v);
+            }
+        }
+        out.insert(ACCESS_CONTROL_MAX_AGE, MAX_AGE);
+    }
+
+    /// Sets the CORS headers on an answer, replacing any the app set, so
+    /// each appears once.
+    pub fn apply(&self, out: &mut HeaderMap) {
+        let Cors::On { origin } = self else { return };
+        out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        out.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        let varies = out
+            .get_all(VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("origin") || t.trim() == "*");
+        if !varies {
+            out.append(VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn origin_is_echoed_with_credentials() {
+        let mut req = headers(&[("origin", "https://app.example.com")]);
+        let cors = Cors::take(&mut req);
+        let mut out = headers(&[
+            ("access-control-allow-origin", "http://localhost:8082"),
+            ("access-control-allow-credentials", "false"),
+        ]);
+        cors.apply(&mut out);
+        assert_eq!(out.get_all(ACCESS_CONTROL_ALLOW_ORIGIN).iter().collect::<Vec<_>>(), ["https://app.example.com"]);
+        assert_eq!(out.get_all(ACCESS_CONTROL_ALLOW_CREDENTIALS).iter().collect::<Vec<_>>(), ["true"]);
+        assert_eq!(out[VARY], "Origin");
+        cors.apply(&mut out);
+        assert_eq!(out.get_all(VARY).iter().count(), 1, "Vary is not repeated");
+    }
+
+    #[test]
+    fn disable_header_turns_cors_off_and_is_removed() {
+        let mut req = headers(&[("origin", "https://a"), ("x-daytona-disable-cors", "TRUE")]);
+        assert_eq!(Cors::take(&mut req), Cors::Off);
+        assert!(!req.contains_key(X_DAYTONA_DISABLE_CORS));
+        let mut req = headers(&[("origin", "https://a"), ("x-daytona-disable-cors", "false")]);
+        assert!(matches!(Cors::take(&mut req), Cors::On { .. }));
+        assert!(!req.contains_key(X_DAYTONA_DISABLE_CORS));
+    }
+
+    #[test]
+    fn preflight_detection_and_answer() {
+        let mut req = headers(&[
+            ("origin", "https://a"),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "x-custom, content-type"),
+        ]);
+        let cors = Cors::take(&mut req);
+        assert!(cors.is_preflight(&Method::OPTIONS, &req));
+        assert!(!cors.is_preflight(&Method::GET, &req));
+        let mut out = HeaderMap::new();
+        cors.preflight_headers(&req, &mut out);
+        assert_eq!(out[ACCESS_CONTROL_ALLOW_HEADERS], "x-custom, content-type");
+        assert!(out[ACCESS_CONTROL_ALLOW_METHODS].to_str().unwrap().contains("PUT"));
+        assert_eq!(out[ACCESS_CONTROL_ALLOW_ORIGIN], "https://a");
+        // Without Origin it is not a CORS preflight.
+        let mut plain = headers(&[("access-control-request-method", "PUT")]);
+        assert!(!Cors::take(&mut plain).is_preflight(&Method::OPTIONS, &plain));
+    }
+}
