@@ -53,7 +53,7 @@ pub fn should_warn(method: &Method, headers: &HeaderMap, port: Port, is_upgrade:
     if !BROWSERS.iter().any(|b| ua.contains(b)) {
         return false;
     }
-    !crate::auth_cookie::find(headers.get_all(COOKIE).iter(), ACCEPTED_COOKIE).is_some_and(|v| v == "true")
+    crate::auth_cookie::find(headers.get_all(COOKIE).iter(), ACCEPTED_COOKIE).is_none_or(|v| v != "true")
 }
 
 /// The page, branded once at start-up.
