@@ -16,6 +16,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 
 use crate::activity::ActivityGuard;
 use crate::config::Config;
@@ -402,7 +403,8 @@ pub fn is_empty_bad_gateway(resp: &Response<Incoming>) -> bool {
 }
 
 /// Joins the client's and the upstream's upgraded connections and copies
-/// bytes both ways until either side closes; `guard` lives as long.
+/// bytes both ways until either side closes, then closes both; `guard`
+/// lives as long as the tunnel.
 pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, guard: Option<ActivityGuard>) {
     tokio::spawn(async move {
         let _guard = guard;
@@ -413,8 +415,25 @@ pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpg
                 return;
             }
         };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
+        let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
+        let up = async {
+            let r = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+            let _ = upstream_write.shutdown().await;
+            r
+        };
+        let down = async {
+            let r = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+            let _ = client_write.shutdown().await;
+            r
+        };
+        // Whichever side closes first ends the tunnel; dropping the halves
+        // closes the other side.
+        let result = tokio::select! {
+            r = up => r,
+            r = down => r,
+        };
+        if let Err(e) = result {
             tracing::debug!(error = %e, "tunnel closed with an error");
         }
     });

@@ -10,9 +10,6 @@ use std::time::Duration;
 
 use preview_proxy::config::SETTINGS;
 
-/// Extra request headers.
-type Headers = Vec<(&'static str, &'static str)>;
-
 const BIN: &str = env!("CARGO_BIN_EXE_preview-proxy");
 
 fn proxy_command() -> Command {
@@ -151,7 +148,7 @@ async fn credentials_and_signed_hosts_never_reach_the_logs() {
     let (child, addr, log, _dir) = spawn_proxy(&registry, "debug").await;
     let port = app.addr.port();
     let client = common::client();
-    let requests: Vec<(String, String, Headers)> = vec![
+    let requests: Vec<(String, String, common::Headers)> = vec![
         (
             format!("{port}-priv.preview.localhost"),
             "/?DAYTONA_SANDBOX_AUTH_KEY=token-secret&q=query-secret".into(),

@@ -25,6 +25,9 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+/// Extra request headers.
+pub type Headers = Vec<(&'static str, &'static str)>;
+
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn full(b: impl Into<Bytes>) -> TestBody {
@@ -192,6 +195,8 @@ pub struct ApiState {
     pub bearers: Mutex<HashMap<String, Vec<String>>>,
     /// Signed token -> (sandbox, port); removed = revoked.
     pub signed: Mutex<HashMap<String, (String, u16)>>,
+    /// Last-activity updates per sandbox.
+    pub activity: Mutex<HashMap<String, u64>>,
 }
 
 pub struct MockApi {
@@ -230,6 +235,11 @@ impl MockApi {
         self.state.signed.lock().unwrap().remove(token);
     }
 
+    /// Last-activity updates received for one sandbox.
+    pub fn activity(&self, id: &str) -> u64 {
+        self.state.activity.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+
     /// Calls received on an endpoint: `public`, `runner`, `validate`,
     /// `access`, `signed`.
     pub fn calls(&self, endpoint: &str) -> u64 {
@@ -255,6 +265,7 @@ async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Test
         ["preview", _, "validate", _] => "validate",
         ["preview", _, "access"] => "access",
         ["preview", _, _, "sandbox-id"] => "signed",
+        ["sandbox", _, "last-activity"] => "activity",
         _ => "other",
     };
     *state.calls.lock().unwrap().entry(endpoint.to_string()).or_default() += 1;
@@ -291,6 +302,10 @@ async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Test
             ),
             _ => json(404, r#"{"statusCode":404,"message":"Runner not found","code":"NOT_FOUND"}"#),
         },
+        ["sandbox", id, "last-activity"] if req.method() == http::Method::POST => {
+            *state.activity.lock().unwrap().entry(id.to_string()).or_default() += 1;
+            json(201, "{}")
+        }
         ["preview", id, "validate", token] => match state.tokens.lock().unwrap().get(*id) {
             Some(t) if t == token => json(200, "true"),
             _ => json(404, r#"{"statusCode":404,"message":"Invalid token","code":"NOT_FOUND"}"#),
@@ -385,6 +400,27 @@ async fn app(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Response<Te
             chunks.into_iter().map(|c| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(c))),
         );
         return Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    }
+    if path.ends_with("/stream") {
+        // One event, then the stream stays open until the client leaves.
+        let first = futures_util::stream::once(async {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(b"data: hello\n\n")))
+        });
+        let stream = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+        return Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap();
+    }
+    if path.ends_with("/redirect") {
+        return Response::builder().status(302).header("location", "/files/").body(empty()).unwrap();
+    }
+    if path.ends_with("/own-cors") {
+        return Response::builder()
+            .header("access-control-allow-origin", "http://localhost:8082")
+            .header("x-app-method", seen.lock().unwrap().last().unwrap().method.as_str())
+            .body(full("app cors"))
+            .unwrap();
     }
     if path.ends_with("/empty-502") {
         return Response::builder().status(502).body(empty()).unwrap();
