@@ -13,7 +13,7 @@ use crate::control_plane::ControlPlane;
 pub struct Activity {
     control_plane: Arc<ControlPlane>,
     /// Sandboxes updated within the dedup interval.
-    recent: Cache<Arc<str>, ()>,
+    recent: Cache<Arc<str>, (), ahash::RandomState>,
     /// Open long-lived connections per sandbox.
     open: Mutex<HashMap<Arc<str>, usize>>,
     /// Limit for one update call.
@@ -37,7 +37,10 @@ impl Activity {
     ) -> Arc<Activity> {
         let activity = Arc::new(Activity {
             control_plane,
-            recent: Cache::builder().time_to_live(dedup).max_capacity(1_000_000).build(),
+            recent: Cache::builder()
+                .time_to_live(dedup)
+                .max_capacity(1_000_000)
+                .build_with_hasher(ahash::RandomState::new()),
             open: Mutex::new(HashMap::new()),
             timeout,
         });

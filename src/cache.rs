@@ -29,17 +29,24 @@ impl<V> Expiry<String, Timed<V>> for PerEntry {
     }
 }
 
+/// moka's default SipHash was ~5% of a request's instructions. ahash is
+/// also randomly keyed per process, so attacker-chosen keys (sandbox ids
+/// from hosts) still cannot be made to collide.
+type Hasher = ahash::RandomState;
+
 pub struct ReadThrough<V> {
-    fresh: Cache<String, Timed<V>>,
+    fresh: Cache<String, Timed<V>, Hasher>,
     /// Copies that outlive `fresh` by the stale-if-error window.
-    last_good: Option<Cache<String, Timed<V>>>,
+    last_good: Option<Cache<String, Timed<V>, Hasher>>,
 }
 
 impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
     /// `stale_if_error`: how long after expiry a value may still answer when
     /// loading fails transiently (`None`: never).
     pub fn new(capacity: u64, stale_if_error: Option<Duration>) -> Self {
-        let build = |extra| Cache::builder().max_capacity(capacity).expire_after(PerEntry { extra }).build();
+        let build = |extra| {
+            Cache::builder().max_capacity(capacity).expire_after(PerEntry { extra }).build_with_hasher(Hasher::new())
+        };
         ReadThrough { fresh: build(Duration::ZERO), last_good: stale_if_error.filter(|d| !d.is_zero()).map(build) }
     }
 

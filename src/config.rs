@@ -28,6 +28,11 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting { name: "PROXY_PORT", default: "4000", help: "TCP port to listen on" },
     Setting {
+        name: "PROXY_WORKERS",
+        default: "0",
+        help: "worker threads, each with its own listener and upstream pool; 0 = one per CPU",
+    },
+    Setting {
         name: "PROXY_PROTOCOL",
         default: "http",
         help: "scheme users see (http|https), also behind a TLS-terminating load balancer",
@@ -142,6 +147,8 @@ pub const SETTINGS: &[Setting] = &[
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Worker threads (at least 1).
+    pub workers: usize,
     /// `https` when users see https (cookies get `Secure`).
     pub https: bool,
     pub api_key: String,
@@ -230,6 +237,11 @@ impl Config {
         let address = s.get("PROXY_LISTEN_ADDRESS", |v| {
             v.parse::<IpAddr>().map(Some).map_err(|_| "expected an IP address".into())
         });
+        let workers = s.get("PROXY_WORKERS", |v| match v.parse::<usize>() {
+            Ok(0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            Ok(n) if n <= 1024 => Ok(n),
+            _ => Err("expected a number of threads, 0-1024".into()),
+        });
         let port: u16 = s.get("PROXY_PORT", |v| v.parse().map_err(|_| "expected a port number 0-65535".into()));
         let https = s.get("PROXY_PROTOCOL", |v| match v {
             "http" => Ok(false),
@@ -279,6 +291,7 @@ impl Config {
         }
         Ok(Config {
             listen: SocketAddr::new(address.expect("checked above"), port),
+            workers,
             https,
             domain: if domain.is_empty() { format!("preview.localhost:{port}") } else { domain },
             api_key,

@@ -82,7 +82,14 @@ pub fn upstream_uri(target: &Target, sandbox_id: &str, port: Port, path_and_quer
             if has_dot_segment(path) {
                 return Err(ProxyError::BadPath);
             }
-            let pq = format!("{}/sandboxes/{sandbox_id}/toolbox/proxy/{port}{path_and_query}", runner.prefix);
+            // Built by hand: this runs on every request and `format!` is slow.
+            let mut pq = String::with_capacity(runner.prefix.len() + sandbox_id.len() + path_and_query.len() + 40);
+            pq.push_str(&runner.prefix);
+            pq.push_str("/sandboxes/");
+            pq.push_str(sandbox_id);
+            pq.push_str("/toolbox/proxy/");
+            push_port(&mut pq, port);
+            pq.push_str(path_and_query);
             Uri::builder().scheme(runner.scheme.clone()).authority(runner.authority.clone()).path_and_query(pq).build()
         }
         Target::Direct(host) => {
@@ -163,6 +170,22 @@ pub fn is_streaming(resp: &Response<Incoming>) -> bool {
     !resp.headers().contains_key(header::CONTENT_LENGTH) && !resp.body().is_end_stream()
 }
 
+/// Appends a port's decimal digits.
+fn push_port(out: &mut String, port: Port) {
+    let mut digits = [0u8; 5];
+    let mut n = port.get();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
+}
+
 /// Whether a path has a `.` or `..` segment, counting `%2e` as a dot,
 /// `\`, `%2f` and `%5c` as separators, and ignoring `;params`.
 pub fn has_dot_segment(path: &str) -> bool {
@@ -217,6 +240,11 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names is cheaper than eight lookups, and most
+    // requests carry none of these.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -237,6 +265,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Facts about the downstream request that shape the forwarded headers.
 pub struct Downstream {
     pub peer: IpAddr,
+    /// `peer` as a header value, made once per connection.
+    pub peer_value: HeaderValue,
     /// The peer is a trusted front proxy: its `X-Forwarded-Host` is kept.
     pub trusted: bool,
     /// Host as the client sent it (`Host` or `:authority`).
@@ -254,15 +284,22 @@ pub fn prepare_request_headers(
     upgrade: Option<HeaderValue>,
 ) {
     remove_hop_by_hop(headers);
-    headers.remove(header::HOST);
+    match target {
+        Target::Runner(runner) => headers.insert(header::HOST, runner.host.clone()),
+        // The client sets it from the URI.
+        Target::Direct(_) => headers.remove(header::HOST),
+    };
     join_cookies(headers);
 
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", down.peer),
-        None => down.peer.to_string(),
-    };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR, v);
+    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => {
+            if let Ok(v) = HeaderValue::try_from(format!("{prior}, {}", down.peer)) {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
+        }
+        None => {
+            headers.insert(X_FORWARDED_FOR, down.peer_value.clone());
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(down.proto));
     if !(down.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
@@ -518,6 +555,15 @@ mod tests {
     }
 
     #[test]
+    fn ports_print_like_display() {
+        for p in [1u16, 9, 10, 99, 100, 2280, 22222, 65535] {
+            let mut s = String::new();
+            push_port(&mut s, Port::parse(&p.to_string()).unwrap());
+            assert_eq!(s, p.to_string());
+        }
+    }
+
+    #[test]
     fn dot_segment_table() {
         let yes = ["/..", "/.", "/a/../b", "/%2e%2e/", "/%2E./", "/a/.;p/b", "\\..\\"];
         let no = ["/", "/a.b", "/...", "/.well-known/x", "/a..b", "/%2e%2e%2e", "/a/.x", "/file.", "/%2", "/%"];
@@ -554,12 +600,13 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("b=2"));
         let down = Downstream {
             peer: "10.0.0.9".parse().unwrap(),
+            peer_value: HeaderValue::from_static("10.0.0.9"),
             trusted: true,
             host: HeaderValue::from_static("3000-a.proxy.io"),
             proto: "https",
         };
         prepare_request_headers(&mut h, &down, &runner(), None);
-        assert!(h.get(header::HOST).is_none());
+        assert_eq!(h[header::HOST], "runner:3003");
         assert!(h.get("x-custom-hop").is_none());
         assert!(h.get(KEEP_ALIVE).is_none() && h.get(header::TE).is_none() && h.get(header::CONNECTION).is_none());
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
@@ -573,6 +620,8 @@ mod tests {
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed.example.com"));
         prepare_request_headers(&mut h, &untrusted, &Target::Direct("127.0.0.1".into()), None);
         assert_eq!(h[X_FORWARDED_HOST], "3000-a.proxy.io");
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9", "the first hop is the peer");
+        assert!(h.get(header::HOST).is_none(), "direct mode: set from the URI");
         assert!(h.get(X_DAYTONA_AUTHORIZATION).is_none());
     }
 
@@ -583,6 +632,7 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let down = Downstream {
             peer: "127.0.0.1".parse().unwrap(),
+            peer_value: HeaderValue::from_static("127.0.0.1"),
             trusted: true,
             host: HeaderValue::from_static("h"),
             proto: "http",

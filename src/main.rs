@@ -1,11 +1,10 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use preview_proxy::config::{settings_help, Config};
-use preview_proxy::{proxy::Proxy, server, signed_url};
+use preview_proxy::{server, signed_url};
 
 const DEFAULT_CONFIG: &str = "config/proxy.toml";
 
@@ -76,24 +75,12 @@ fn main() -> ExitCode {
         };
     }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let runtime = tokio::runtime::Runtime::new().expect("cannot start the Tokio runtime");
-    match runtime.block_on(serve(config)) {
+    let workers = config.workers;
+    match server::run_workers(config, workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let listen = config.listen;
-    let proxy = Arc::new(Proxy::new(config)?);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("PROXY_LISTEN_ADDRESS/PROXY_PORT: cannot listen on {listen}: {e}"))?;
-    let bound = listener.local_addr()?;
-    tracing::info!(address = %bound, "preview-proxy listening");
-    server::run(listener, proxy, server::shutdown_signal()).await?;
-    Ok(())
 }

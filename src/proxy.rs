@@ -29,12 +29,18 @@ pub const X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE: HeaderName =
     HeaderName::from_static("x-daytona-skip-last-activity-update");
 const TOOLBOX_PORT: u16 = 2280;
 
-/// Shared state of a running proxy.
+/// A proxy worker: the state all workers share, and this worker's own
+/// upstream connection pool (its connections stay on its thread).
 pub struct Proxy {
-    config: Config,
-    control_plane: Arc<ControlPlane>,
+    shared: Arc<Shared>,
     /// Pooled upstream client.
     client: HttpClient,
+}
+
+/// State shared by every worker.
+pub struct Shared {
+    config: Config,
+    control_plane: Arc<ControlPlane>,
     pages: ErrorPages,
     /// `Some` when the warning page is enabled.
     warning: Option<WarningPage>,
@@ -45,6 +51,30 @@ pub struct Proxy {
     proto: &'static str,
     /// `/health` answer, built once.
     health: Bytes,
+}
+
+impl std::ops::Deref for Proxy {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// The client end of a connection, with what is derived from it once per
+/// connection rather than per request.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The IP as a header value (`X-Forwarded-For`).
+    ip_value: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip_value = HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is header-safe");
+        Peer { addr, ip_value }
+    }
 }
 
 /// Where a proxied request goes.
@@ -83,8 +113,7 @@ impl Proxy {
             config.api_client_timeout,
         );
         let health = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
-        Ok(Proxy {
-            client: forward::client(&config),
+        let shared = Shared {
             proto: if config.https { "https" } else { "http" },
             warning: config.warning.as_ref().map(WarningPage::new),
             control_plane,
@@ -93,15 +122,21 @@ impl Proxy {
             activity,
             health: Bytes::from(health),
             config,
-        })
+        };
+        Ok(Proxy { client: forward::client(&shared.config), shared: Arc::new(shared) })
+    }
+
+    /// Another worker: the same shared state, its own upstream pool.
+    pub fn worker(&self) -> Proxy {
+        Proxy { shared: self.shared.clone(), client: forward::client(&self.shared.config) }
     }
 
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.shared.config
     }
 
     /// Answers one request. Never fails: errors become negotiated pages.
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let cors = Cors::take(req.headers_mut());
         if cors.is_preflight(req.method(), req.headers()) {
             let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
@@ -114,7 +149,7 @@ impl Proxy {
         resp
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn route(&self, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
         let started = Instant::now();
         let html = wants_html(req.headers());
         let host_value = request_host(&req);
@@ -177,7 +212,7 @@ impl Proxy {
     async fn proxy_request(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         host_value: HeaderValue,
         dest: Dest<'_>,
     ) -> Result<Response<Body>, ProxyError> {
@@ -210,7 +245,8 @@ impl Proxy {
         };
         let mut set_cookie = None;
         let sandbox_id: Cow<str> = if needs_auth {
-            creds.client_ip = Some(auth::client_ip(peer.ip(), &parts.headers, |ip| self.config.is_trusted_proxy(ip)));
+            creds.client_ip =
+                Some(auth::client_ip(peer.addr.ip(), &parts.headers, |ip| self.config.is_trusted_proxy(ip)));
             let now = unix_now();
             let signed = matches!(dest, Dest::Preview(_));
             let granted = auth::authenticate(&self.control_plane, &self.signer, key, port, &creds, now, signed).await?;
@@ -236,8 +272,14 @@ impl Proxy {
             Dest::Preview(_) => forward::upstream_uri(&target, &sandbox_id, port, path_and_query)?,
             Dest::Toolbox { .. } => forward::toolbox_uri(&target, &sandbox_id, path_and_query)?,
         };
-        let trusted = self.config.is_trusted_proxy(peer.ip());
-        let down = Downstream { peer: peer.ip(), trusted, host: host_value, proto: self.proto };
+        let trusted = self.config.is_trusted_proxy(peer.addr.ip());
+        let down = Downstream {
+            peer: peer.addr.ip(),
+            peer_value: peer.ip_value.clone(),
+            trusted,
+            host: host_value,
+            proto: self.proto,
+        };
         forward::prepare_request_headers(&mut parts.headers, &down, &target, upgrade);
         parts.uri = uri;
         parts.version = forward::UPSTREAM_VERSION;
@@ -281,7 +323,7 @@ impl Proxy {
     async fn own_route(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         host_value: Option<HeaderValue>,
         html: bool,
     ) -> Response<Body> {

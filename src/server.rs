@@ -13,7 +13,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::proxy::Proxy;
+use crate::config::Config;
+use crate::proxy::{Peer, Proxy};
 
 /// Serves `listener` until `shutdown` completes, then stops accepting and
 /// lets in-flight requests finish, up to the configured shutdown timeout.
@@ -42,9 +43,10 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let peer = Peer::new(peer);
         let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            let (proxy, peer) = (proxy.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(proxy.handle(req, &peer).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
@@ -62,6 +64,79 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
         Err(_) => tracing::warn!("shutdown timeout reached; closing remaining connections"),
     }
     Ok(())
+}
+
+/// Runs the proxy on `workers` threads, each a single-threaded runtime with
+/// its own `SO_REUSEPORT` listener and upstream pool (thread per core, as
+/// nginx's worker processes): no request crosses threads. Stops on
+/// SIGTERM/SIGINT once every worker has drained.
+pub fn run_workers(config: Config, workers: usize) -> anyhow::Result<()> {
+    let workers = workers.max(1);
+    let first = reuseport_listener(config.listen)
+        .map_err(|e| anyhow::anyhow!("PROXY_LISTEN_ADDRESS/PROXY_PORT: cannot listen on {}: {e}", config.listen))?;
+    // With port 0 the others join whatever port the first one got.
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(reuseport_listener(bound)?);
+    }
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let main_rt = runtime()?;
+    // Background tasks (registry watcher, activity keep-alive) live on the
+    // first worker's runtime.
+    let proxy = main_rt.block_on(async { Proxy::new(config) })?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tracing::info!(address = %bound, workers, "preview-proxy listening");
+
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.drain(1..).enumerate() {
+        let worker = proxy.worker();
+        let mut stopped = stopped.clone();
+        let rt = runtime()?;
+        let thread = std::thread::Builder::new().name(format!("worker-{}", i + 1)).spawn(move || {
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                run(listener, Arc::new(worker), async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+            })
+        })?;
+        threads.push(thread);
+    }
+    let listener = listeners.pop().expect("the first listener");
+    let result = main_rt.block_on(async move {
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let mut stopped = stopped.clone();
+        run(TcpListener::from_std(listener)?, Arc::new(proxy), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    for thread in threads {
+        match thread.join() {
+            Ok(r) => r?,
+            Err(_) => anyhow::bail!("a worker thread panicked"),
+        }
+    }
+    Ok(result?)
+}
+
+/// A non-blocking listener with `SO_REUSEPORT`, so each worker accepts on
+/// its own socket and the kernel spreads connections.
+fn reuseport_listener(addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 /// Errors that concern one connection only, not the listener.

@@ -68,10 +68,7 @@ fn a_broken_registry_is_a_start_up_error() {
 
 /// Starts the binary on 127.0.0.1:0 with `registry`; returns the child, its
 /// address, and everything it logs (collected as it arrives).
-async fn spawn_proxy(
-    registry: &str,
-    log_level: &str,
-) -> (std::process::Child, String, Arc<Mutex<String>>, tempfile::TempDir) {
+async fn spawn_proxy(registry: &str, log_level: &str) -> (Running, String, Arc<Mutex<String>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry.toml");
     std::fs::write(&reg, registry).unwrap();
@@ -90,7 +87,7 @@ async fn spawn_proxy(
     let addr = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
         let line = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("listening"))).expect("listening line").unwrap();
-        let addr = line.rsplit("address=").next().unwrap().trim().to_string();
+        let addr = line.split("address=").nth(1).and_then(|a| a.split_whitespace().next()).unwrap().to_string();
         // Keep draining so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -103,10 +100,23 @@ async fn spawn_proxy(
     })
     .await
     .unwrap();
-    (child, addr, log, dir)
+    (Running(Some(child)), addr, log, dir)
 }
 
-fn sigterm_and_wait(mut child: std::process::Child) -> std::process::ExitStatus {
+/// A child proxy that is killed if a test fails before stopping it.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn sigterm_and_wait(mut running: Running) -> std::process::ExitStatus {
+    let mut child = running.0.take().expect("running");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     for _ in 0..100 {
         if let Some(status) = child.try_wait().unwrap() {

@@ -33,6 +33,8 @@ pub struct Runner {
     pub prefix: String,
     /// `Bearer {apiKey}`, sent as `X-Daytona-Authorization`.
     pub auth: HeaderValue,
+    /// The `Host` header for the runner, made once.
+    pub host: HeaderValue,
 }
 
 impl Runner {
@@ -50,7 +52,9 @@ impl Runner {
         let mut auth = HeaderValue::try_from(format!("Bearer {api_key}"))
             .map_err(|_| "runner apiKey has characters not allowed in a header".to_string())?;
         auth.set_sensitive(true);
-        Ok(Runner { scheme, authority, prefix: uri.path().trim_end_matches('/').to_string(), auth })
+        let host =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| format!("proxyUrl {proxy_url:?} has a bad host"))?;
+        Ok(Runner { scheme, authority, prefix: uri.path().trim_end_matches('/').to_string(), auth, host })
     }
 }
 
