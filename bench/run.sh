@@ -99,15 +99,13 @@ done
 echo "scenario 3: cold-cache storm, 10 sandboxes x 1,000 first requests, 50 ms API latency"
 "$BIN/examples/mock_api" 127.0.0.1:18091 http://127.0.0.1:18080 50 2>/dev/null & PIDS+=($!); wait_port 18091
 start_proxy 18086 18091
-# The same storm straight at the upstream: the floor for this machine.
-STORM_DIRECT=$("$BIN/examples/storm" 127.0.0.1:18080 10 1000 pubdirect)
 STORM=$("$BIN/examples/storm" 127.0.0.1:18086 10 1000 pubstorm)
 COUNTS=$(curl -s http://127.0.0.1:18091/__counts)
 
 # --- report ------------------------------------------------------------------
-python3 - "$RESULTS" "$IDLE_RSS" "$AFTER_RSS" "$STORM" "$COUNTS" "$MODE" "$STORM_DIRECT" <<'PY'
+python3 - "$RESULTS" "$IDLE_RSS" "$AFTER_RSS" "$STORM" "$COUNTS" "$MODE" <<'PY'
 import json, statistics, sys
-path, idle, after, storm, counts, mode, storm_direct = sys.argv[1:8]
+path, idle, after, storm, counts, mode = sys.argv[1:7]
 rows = [l.split("\t") for l in open(path).read().splitlines()]
 def summary(scenario):
     names = list(dict.fromkeys(r[1] for r in rows if r[0] == scenario))
@@ -131,7 +129,6 @@ for n, (rps, p99, err) in s2.items():
     print(f"| {n} | {rps:,.0f} | {p99:.2f} | {rps / pub:.2f}x | {err} |")
 c = json.loads(counts)
 print(f"\nScenario 3, cold-cache storm through the proxy: {storm}")
-print(f"the same storm with no proxy (floor): {storm_direct}")
 print(f"control-plane calls: runner={c.get('runner', 0)} public={c.get('public', 0)}")
 print(f"\nScenario 8, memory: idle RSS {int(idle) / 1024:.1f} MiB, after scenario 1 {int(after) / 1024:.1f} MiB")
 PY

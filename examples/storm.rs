@@ -47,7 +47,9 @@ async fn main() {
         }
     }
     times.sort();
-    let pct = |p: f64| times.get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        times.get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1))).copied().unwrap_or_default()
+    };
     println!(
         "requests={} ok={} errors={errors} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} wall_ms={:.0}",
         sandboxes * per,

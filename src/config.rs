@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::tls::TlsFiles;
 use crate::warning_page::Branding;
 
 /// One setting: its environment name (the TOML key is the same in lower
@@ -136,6 +137,24 @@ pub const SETTINGS: &[Setting] = &[
         default: "50",
         help: "how often open WebSockets and streams renew last activity",
     },
+    Setting { name: "ENABLE_TLS", default: "false", help: "terminate TLS here (h2 and http/1.1 by ALPN)" },
+    Setting {
+        name: "TLS_CERT_FILE",
+        default: "",
+        help: "default certificate chain (PEM), served when no other name matches",
+    },
+    Setting { name: "TLS_KEY_FILE", default: "", help: "private key (PEM) of TLS_CERT_FILE" },
+    Setting {
+        name: "TLS_CERT_DIR",
+        default: "",
+        help: "directory of <name>.crt + <name>.key pairs, chosen by SNI from their DNS names (exact, then wildcard)",
+    },
+    Setting { name: "TLS_HANDSHAKE_TIMEOUT_SEC", default: "10", help: "time limit for a TLS handshake" },
+    Setting {
+        name: "TLS_RELOAD_INTERVAL_SEC",
+        default: "5",
+        help: "how often certificate files are checked for changes",
+    },
     Setting {
         name: "SHUTDOWN_TIMEOUT_SEC",
         default: "3600",
@@ -170,6 +189,10 @@ pub struct Config {
     pub upstream_timeout: Duration,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// `Some` when ENABLE_TLS is set.
+    pub tls: Option<TlsFiles>,
+    pub tls_handshake_timeout: Duration,
+    pub tls_reload_interval: Duration,
     /// `None`: no warning page.
     pub warning: Option<Branding>,
     pub toolbox_only: bool,
@@ -276,6 +299,23 @@ impl Config {
         let upstream_timeout = s.get("UPSTREAM_TIMEOUT_SEC", seconds);
         let header_read_timeout = s.get("HEADER_READ_TIMEOUT_SEC", seconds);
         let shutdown_timeout = s.get("SHUTDOWN_TIMEOUT_SEC", seconds_or_zero);
+        let tls_enabled = s.get("ENABLE_TLS", boolean);
+        let cert = s.get_path("TLS_CERT_FILE");
+        let key = s.get_path("TLS_KEY_FILE");
+        let cert_dir = s.get_path("TLS_CERT_DIR");
+        let tls_handshake_timeout = s.get("TLS_HANDSHAKE_TIMEOUT_SEC", seconds);
+        let tls_reload_interval = s.get("TLS_RELOAD_INTERVAL_SEC", seconds);
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if set(&cert) != set(&key) {
+            s.errors.push("TLS_CERT_FILE and TLS_KEY_FILE: set both or neither".into());
+        }
+        if tls_enabled && !set(&cert) && !set(&cert_dir) {
+            s.errors.push("ENABLE_TLS: needs TLS_CERT_FILE and TLS_KEY_FILE, or TLS_CERT_DIR".into());
+        }
+        let tls = tls_enabled.then(|| TlsFiles {
+            default: (set(&cert) && set(&key)).then(|| (cert.clone(), key.clone())),
+            dir: set(&cert_dir).then(|| cert_dir.clone()),
+        });
         let warning_enabled = s.get("PREVIEW_WARNING_ENABLED", boolean);
         let branding = Branding {
             product: s.get("PREVIEW_WARNING_PRODUCT_NAME", |v| Ok(v.to_string())),
@@ -308,6 +348,9 @@ impl Config {
             upstream_timeout,
             header_read_timeout,
             shutdown_timeout,
+            tls,
+            tls_handshake_timeout,
+            tls_reload_interval,
             warning: warning_enabled.then_some(branding),
             toolbox_only,
             activity_dedup,
@@ -403,7 +446,10 @@ impl Sources<'_> {
 
     fn get_path(&mut self, name: &str) -> PathBuf {
         let (raw, origin) = self.raw(name);
-        let path = PathBuf::from(raw);
+        if raw.trim().is_empty() {
+            return PathBuf::new();
+        }
+        let path = PathBuf::from(raw.trim());
         match origin {
             Origin::File if path.is_relative() => self.file_dir.join(path),
             _ => path,

@@ -9,11 +9,13 @@ pub mod config;
 pub mod control_plane;
 pub mod cors;
 pub mod error;
+pub mod file_stamp;
 pub mod forward;
 pub mod host;
 pub mod proxy;
 pub mod server;
 pub mod signed_url;
+pub mod tls;
 pub mod warning_page;
 
 use bytes::Bytes;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use preview_proxy::config::{settings_help, Config};
-use preview_proxy::{server, signed_url};
+use preview_proxy::{server, signed_url, tls};
 
 const DEFAULT_CONFIG: &str = "config/proxy.toml";
 
@@ -38,6 +38,15 @@ enum Command {
         /// The token (the part after `<port>-` in the URL's host)
         token: String,
     },
+    /// Write a self-signed development certificate for *.<domain>
+    DevCert {
+        /// Base domain of the preview hosts
+        #[arg(long, default_value = "preview.localhost")]
+        domain: String,
+        /// Directory to write <domain>.crt and <domain>.key to
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +73,14 @@ fn main() -> ExitCode {
         Some(Command::RevokeUrl { token }) => {
             Some(signed_url::revoke(&config, &token, now).map(|()| println!("revoked")))
         }
+        Some(Command::DevCert { domain, out }) => Some(tls::write_dev_certificate(&domain, &out).map(|(c, k)| {
+            println!("wrote {} and {}", c.display(), k.display());
+            println!(
+                "use: ENABLE_TLS=true PROXY_PROTOCOL=https TLS_CERT_FILE={} TLS_KEY_FILE={}",
+                c.display(),
+                k.display()
+            );
+        })),
     };
     if let Some(result) = done {
         return match result {

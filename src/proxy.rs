@@ -22,6 +22,7 @@ use crate::cors::Cors;
 use crate::error::{wants_html, ErrorPages, ProxyError};
 use crate::forward::{self, Downstream, HttpClient, UpstreamBody};
 use crate::host::{self, Port, PreviewHost};
+use crate::tls::Tls;
 use crate::warning_page::{self, WarningPage};
 use crate::Body;
 
@@ -47,6 +48,8 @@ pub struct Shared {
     /// Signs and checks auth cookies.
     signer: CookieSigner,
     activity: Arc<Activity>,
+    /// `Some` when this process terminates TLS.
+    tls: Option<Tls>,
     /// `http` or `https`, for `X-Forwarded-Proto` and printed URLs.
     proto: &'static str,
     /// `/health` answer, built once.
@@ -112,8 +115,17 @@ impl Proxy {
             config.activity_keepalive,
             config.api_client_timeout,
         );
+        let tls = match &config.tls {
+            Some(files) => {
+                let tls = Tls::load(files.clone()).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+                tls.watch(config.tls_reload_interval);
+                Some(tls)
+            }
+            None => None,
+        };
         let health = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
         let shared = Shared {
+            tls,
             proto: if config.https { "https" } else { "http" },
             warning: config.warning.as_ref().map(WarningPage::new),
             control_plane,
@@ -133,6 +145,11 @@ impl Proxy {
 
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// The TLS acceptor, when this process terminates TLS.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.shared.tls.as_ref()
     }
 
     /// Answers one request. Never fails: errors become negotiated pages.

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use crate::file_stamp::stamp;
+
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 
@@ -263,17 +265,6 @@ fn secret_eq(a: &str, b: &str) -> bool {
 fn load(path: &Path) -> Result<Snapshot, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     Snapshot::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// What identifies a version of the file: modification time, size, and
-/// inode (an atomic replace makes a new one even when size and time match).
-fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some((meta.modified().ok()?, meta.len(), inode))
 }
 
 #[cfg(test)]
