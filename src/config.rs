@@ -156,6 +156,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "how often certificate files are checked for changes",
     },
     Setting {
+        name: "TUNNEL_IDLE_TIMEOUT_SEC",
+        default: "3600",
+        help: "close a WebSocket tunnel after this long without traffic either way",
+    },
+    Setting {
         name: "SHUTDOWN_TIMEOUT_SEC",
         default: "3600",
         help: "how long in-flight requests may finish after SIGTERM/SIGINT",
@@ -189,6 +194,7 @@ pub struct Config {
     pub upstream_timeout: Duration,
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub tunnel_idle_timeout: Duration,
     /// `Some` when ENABLE_TLS is set.
     pub tls: Option<TlsFiles>,
     pub tls_handshake_timeout: Duration,
@@ -299,6 +305,7 @@ impl Config {
         let upstream_timeout = s.get("UPSTREAM_TIMEOUT_SEC", seconds);
         let header_read_timeout = s.get("HEADER_READ_TIMEOUT_SEC", seconds);
         let shutdown_timeout = s.get("SHUTDOWN_TIMEOUT_SEC", seconds_or_zero);
+        let tunnel_idle_timeout = s.get("TUNNEL_IDLE_TIMEOUT_SEC", seconds);
         let tls_enabled = s.get("ENABLE_TLS", boolean);
         let cert = s.get_path("TLS_CERT_FILE");
         let key = s.get_path("TLS_KEY_FILE");
@@ -348,6 +355,7 @@ impl Config {
             upstream_timeout,
             header_read_timeout,
             shutdown_timeout,
+            tunnel_idle_timeout,
             tls,
             tls_handshake_timeout,
             tls_reload_interval,

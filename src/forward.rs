@@ -15,8 +15,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::activity::ActivityGuard;
 use crate::config::Config;
@@ -437,43 +436,6 @@ pub fn prepare_response_headers(resp: &mut Response<Incoming>) {
 /// An empty 502 from a runner means the app's port is not answering.
 pub fn is_empty_bad_gateway(resp: &Response<Incoming>) -> bool {
     resp.status() == StatusCode::BAD_GATEWAY && resp.body().is_end_stream()
-}
-
-/// Joins the client's and the upstream's upgraded connections and copies
-/// bytes both ways until either side closes, then closes both; `guard`
-/// lives as long as the tunnel.
-pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, guard: Option<ActivityGuard>) {
-    tokio::spawn(async move {
-        let _guard = guard;
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
-        let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
-        let up = async {
-            let r = tokio::io::copy(&mut client_read, &mut upstream_write).await;
-            let _ = upstream_write.shutdown().await;
-            r
-        };
-        let down = async {
-            let r = tokio::io::copy(&mut upstream_read, &mut client_write).await;
-            let _ = client_write.shutdown().await;
-            r
-        };
-        // Whichever side closes first ends the tunnel; dropping the halves
-        // closes the other side.
-        let result = tokio::select! {
-            r = up => r,
-            r = down => r,
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "tunnel closed with an error");
-        }
-    });
 }
 
 /// The request version the upstream gets: always HTTP/1.1.

@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod server;
 pub mod signed_url;
 pub mod tls;
+pub mod tunnel;
 pub mod warning_page;
 
 use bytes::Bytes;

@@ -23,6 +23,7 @@ use crate::error::{wants_html, ErrorPages, ProxyError};
 use crate::forward::{self, Downstream, HttpClient, UpstreamBody};
 use crate::host::{self, Port, PreviewHost};
 use crate::tls::Tls;
+use crate::tunnel::Tunnels;
 use crate::warning_page::{self, WarningPage};
 use crate::Body;
 
@@ -50,6 +51,8 @@ pub struct Shared {
     activity: Arc<Activity>,
     /// `Some` when this process terminates TLS.
     tls: Option<Tls>,
+    /// Open WebSocket tunnels.
+    tunnels: Arc<Tunnels>,
     /// `http` or `https`, for `X-Forwarded-Proto` and printed URLs.
     proto: &'static str,
     /// `/health` answer, built once.
@@ -126,6 +129,7 @@ impl Proxy {
         let health = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
         let shared = Shared {
             tls,
+            tunnels: Tunnels::new(config.tunnel_idle_timeout),
             proto: if config.https { "https" } else { "http" },
             warning: config.warning.as_ref().map(WarningPage::new),
             control_plane,
@@ -145,6 +149,11 @@ impl Proxy {
 
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// The open tunnels (shared by every worker).
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.shared.tunnels
     }
 
     /// The TLS acceptor, when this process terminates TLS.
@@ -329,7 +338,7 @@ impl Proxy {
         };
         if upgraded {
             if let Some(client) = client_upgrade {
-                forward::tunnel(client, hyper::upgrade::on(&mut resp), guard);
+                self.tunnels.spawn(client, hyper::upgrade::on(&mut resp), guard);
                 return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None))));
             }
         }

@@ -81,11 +81,20 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future
     }
 
     drop(listener);
-    tracing::info!("shutting down: no longer accepting; waiting for in-flight requests");
-    match tokio::time::timeout(shutdown_timeout, graceful.shutdown()).await {
+    let tunnels = proxy.tunnels().clone();
+    tracing::info!(
+        tunnels = tunnels.open(),
+        "shutting down: no longer accepting; waiting for in-flight requests and tunnels"
+    );
+    let finished = async {
+        graceful.shutdown().await;
+        tunnels.drained().await;
+    };
+    match tokio::time::timeout(shutdown_timeout, finished).await {
         Ok(()) => tracing::info!("all connections finished"),
-        Err(_) => tracing::warn!("shutdown timeout reached; closing remaining connections"),
+        Err(_) => tracing::warn!(tunnels = tunnels.open(), "shutdown timeout reached; closing what is left"),
     }
+    tunnels.close_all();
     Ok(())
 }
 

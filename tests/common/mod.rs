@@ -71,6 +71,7 @@ where
 
 pub struct TestProxy {
     pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
     shutdown: Option<oneshot::Sender<()>>,
     pub done: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -81,10 +82,10 @@ impl TestProxy {
         let addr = listener.local_addr().unwrap();
         let proxy = Arc::new(Proxy::new(config).expect("proxy starts"));
         let (tx, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(preview_proxy::server::run(listener, proxy, async move {
+        let done = tokio::spawn(preview_proxy::server::run(listener, proxy.clone(), async move {
             let _ = rx.await;
         }));
-        TestProxy { addr, shutdown: Some(tx), done }
+        TestProxy { addr, proxy, shutdown: Some(tx), done }
     }
 
     /// Starts graceful shutdown.
