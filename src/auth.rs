@@ -95,7 +95,7 @@ pub fn take_query_key(query: &str) -> Option<(String, String)> {
     for pair in query.split('&') {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n);
         if name == QUERY_KEY {
-            value.get_or_insert_with(|| percent_decode(pair.split_once('=').map_or("", |(_, v)| v)));
+            value.get_or_insert_with(|| crate::forward::percent_decode(pair.split_once('=').map_or("", |(_, v)| v)));
             continue;
         }
         if !rest.is_empty() {
@@ -104,18 +104,6 @@ pub fn take_query_key(query: &str) -> Option<(String, String)> {
         rest.push_str(pair);
     }
     value.map(|v| (v, rest))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let (byte, used) = crate::forward::decode_at(b, i);
-        out.push(byte);
-        i += used;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The methods of SPEC 2, in the order they are tried.
@@ -303,8 +291,8 @@ mod tests {
 
     #[test]
     fn percent_decoding_tolerates_garbage() {
-        assert_eq!(percent_decode("%41%4a%"), "AJ%");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(crate::forward::percent_decode("%41%4a%"), "AJ%");
+        assert_eq!(crate::forward::percent_decode("%zz%4"), "%zz%4");
     }
 
     #[test]

@@ -211,6 +211,19 @@ pub fn has_dot_segment(path: &str) -> bool {
     }
 }
 
+/// Percent-decodes `s` once (invalid escapes stay as they are).
+pub(crate) fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let (byte, used) = decode_at(b, i);
+        out.push(byte);
+        i += used;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The byte at `i`, percent-decoded, and how many input bytes it used.
 pub(crate) fn decode_at(b: &[u8], i: usize) -> (u8, usize) {
     if b[i] == b'%' && i + 2 < b.len() {

@@ -156,16 +156,7 @@ pub fn safe_redirect(target: &str, request_host: &str) -> Option<String> {
 
 /// Decodes a form value: `+` is a space, `%XX` a byte.
 fn form_decode(s: &str) -> String {
-    let s = s.replace('+', " ");
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let (byte, used) = crate::forward::decode_at(b, i);
-        out.push(byte);
-        i += used;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::forward::percent_decode(&s.replace('+', " "))
 }
 
 #[cfg(test)]
