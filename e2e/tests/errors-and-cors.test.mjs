@@ -55,3 +55,49 @@ test('cross-origin fetch with credentials and a custom header', async () => {
   assert.equal(preflightsAtApp, 0, 'the proxy answered the preflight');
   await page.close();
 });
+
+test('with X-Daytona-Disable-CORS from a front proxy, the app answers CORS itself', async () => {
+  // The app does its own CORS and says so.
+  let preflightsAtApp = 0;
+  const api = http.createServer((req, res) => {
+    const cors = {
+      'access-control-allow-origin': req.headers.origin ?? '*',
+      'access-control-allow-credentials': 'true',
+      'access-control-expose-headers': 'x-cors-by',
+      'x-cors-by': 'app',
+    };
+    if (req.method === 'OPTIONS') {
+      preflightsAtApp += 1;
+      res.writeHead(204, { ...cors, 'access-control-allow-headers': 'x-custom' });
+      return res.end();
+    }
+    res.writeHead(200, { ...cors, 'content-type': 'application/json' });
+    res.end(JSON.stringify({ custom: req.headers['x-custom'] ?? null }));
+  });
+  await new Promise((r) => api.listen(0, '127.0.0.1', r));
+  apps.push(api);
+  // A customer's front proxy that adds the header.
+  const front = http.createServer((req, res) => {
+    const headers = { ...req.headers, 'x-daytona-disable-cors': 'true' };
+    const up = http.request({ host: '127.0.0.1', port: proxy.port, method: req.method, path: req.url, headers }, (r) => {
+      res.writeHead(r.statusCode, r.headers);
+      r.pipe(res);
+    });
+    req.pipe(up);
+  });
+  await new Promise((r) => front.listen(0, '127.0.0.1', r));
+  apps.push(front);
+  const target = `http://${api.address().port}-demo.preview.localhost:${front.address().port}/api`;
+  const origin = await startApp(`<!doctype html><body><script>
+    fetch(${JSON.stringify(target)}, { credentials: 'include', headers: { 'X-Custom': 'via-front' } })
+      .then(async (r) => { const j = await r.json(); document.body.dataset.result = j.custom + ' ' + r.headers.get('x-cors-by'); })
+      .catch((e) => { document.body.dataset.result = 'failed ' + e; });
+  </script></body>`);
+  apps.push(origin);
+  const page = await browser.newPage();
+  await page.goto(`http://127.0.0.1:${origin.port}/`);
+  await page.waitForFunction(() => document.body.dataset.result);
+  assert.equal(await page.evaluate(() => document.body.dataset.result), 'via-front app');
+  assert.equal(preflightsAtApp, 1, 'the preflight reached the app');
+  await page.close();
+});
