@@ -161,6 +161,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "close a WebSocket tunnel after this long without traffic either way",
     },
     Setting {
+        name: "METRICS_PORT",
+        default: "",
+        help: "port for GET /metrics (Prometheus text), on PROXY_LISTEN_ADDRESS; empty = off",
+    },
+    Setting {
         name: "SHUTDOWN_TIMEOUT_SEC",
         default: "3600",
         help: "how long in-flight requests may finish after SIGTERM/SIGINT",
@@ -195,6 +200,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_port: Option<u16>,
     /// `Some` when ENABLE_TLS is set.
     pub tls: Option<TlsFiles>,
     pub tls_handshake_timeout: Duration,
@@ -306,6 +313,10 @@ impl Config {
         let header_read_timeout = s.get("HEADER_READ_TIMEOUT_SEC", seconds);
         let shutdown_timeout = s.get("SHUTDOWN_TIMEOUT_SEC", seconds_or_zero);
         let tunnel_idle_timeout = s.get("TUNNEL_IDLE_TIMEOUT_SEC", seconds);
+        let metrics_port = s.get("METRICS_PORT", |v| match v {
+            "" => Ok(None),
+            v => v.parse::<u16>().map(Some).map_err(|_| "expected a port number 0-65535".into()),
+        });
         let tls_enabled = s.get("ENABLE_TLS", boolean);
         let cert = s.get_path("TLS_CERT_FILE");
         let key = s.get_path("TLS_KEY_FILE");
@@ -356,6 +367,7 @@ impl Config {
             header_read_timeout,
             shutdown_timeout,
             tunnel_idle_timeout,
+            metrics_port,
             tls,
             tls_handshake_timeout,
             tls_reload_interval,

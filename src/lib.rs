@@ -12,6 +12,7 @@ pub mod error;
 pub mod file_stamp;
 pub mod forward;
 pub mod host;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod signed_url;

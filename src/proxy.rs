@@ -22,6 +22,7 @@ use crate::cors::Cors;
 use crate::error::{wants_html, ErrorPages, ProxyError};
 use crate::forward::{self, Downstream, HttpClient, UpstreamBody};
 use crate::host::{self, Port, PreviewHost};
+use crate::metrics::Metrics;
 use crate::tls::Tls;
 use crate::tunnel::Tunnels;
 use crate::warning_page::{self, WarningPage};
@@ -53,6 +54,7 @@ pub struct Shared {
     tls: Option<Tls>,
     /// Open WebSocket tunnels.
     tunnels: Arc<Tunnels>,
+    metrics: Metrics,
     /// `http` or `https`, for `X-Forwarded-Proto` and printed URLs.
     proto: &'static str,
     /// `/health` answer, built once.
@@ -130,6 +132,7 @@ impl Proxy {
         let shared = Shared {
             tls,
             tunnels: Tunnels::new(config.tunnel_idle_timeout),
+            metrics: Metrics::default(),
             proto: if config.https { "https" } else { "http" },
             warning: config.warning.as_ref().map(WarningPage::new),
             control_plane,
@@ -149,6 +152,11 @@ impl Proxy {
 
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render(self.shared.tunnels.open())
     }
 
     /// The open tunnels (shared by every worker).
@@ -172,6 +180,7 @@ impl Proxy {
         }
         let mut resp = self.route(req, peer).await;
         cors.apply(resp.headers_mut());
+        self.metrics.response(resp.status());
         resp
     }
 
@@ -188,7 +197,7 @@ impl Proxy {
             return self.own_route(req, peer, host_value, html).await;
         };
         if self.config.toolbox_only && preview.port().get() != TOOLBOX_PORT {
-            return self.pages.render(&ProxyError::NoRoute, html);
+            return self.fail(&ProxyError::NoRoute, html);
         }
         if let Some(page) = &self.warning {
             if warning_page::should_warn(
@@ -204,6 +213,12 @@ impl Proxy {
         let method = req.method().clone();
         let result = self.proxy_request(req, peer, host_value, Dest::Preview(&preview)).await;
         self.finish(result, &method, preview.port(), started, html)
+    }
+
+    /// The proxy's own answer for `err`, counted.
+    fn fail(&self, err: &ProxyError, html: bool) -> Response<Body> {
+        self.metrics.error(err.code());
+        self.pages.render(err, html)
     }
 
     /// Logs the outcome once and turns errors into pages.
@@ -229,7 +244,7 @@ impl Proxy {
                 } else {
                     tracing::debug!(%method, status, code = err.code(), %port, "request refused");
                 }
-                self.pages.render(&err, html)
+                self.fail(&err, html)
             }
         }
     }
@@ -380,7 +395,7 @@ impl Proxy {
                 }
             }
         }
-        self.pages.render(&ProxyError::NoRoute, html)
+        self.fail(&ProxyError::NoRoute, html)
     }
 
     /// Operator routes need `Authorization: Bearer <PROXY_API_KEY>` when a

@@ -137,13 +137,28 @@ pub fn run_workers(config: Config, workers: usize) -> anyhow::Result<()> {
         threads.push(thread);
     }
     let listener = listeners.pop().expect("the first listener");
+    let metrics = match proxy.config().metrics_port {
+        Some(port) => {
+            let addr = std::net::SocketAddr::new(bound.ip(), port);
+            let listener = main_rt
+                .block_on(TcpListener::bind(addr))
+                .map_err(|e| anyhow::anyhow!("METRICS_PORT: cannot listen on {addr}: {e}"))?;
+            tracing::info!(address = %listener.local_addr()?, "metrics listening");
+            Some(listener)
+        }
+        None => None,
+    };
+    let proxy = Arc::new(proxy);
     let result = main_rt.block_on(async move {
+        if let Some(listener) = metrics {
+            tokio::spawn(serve_metrics(listener, proxy.clone()));
+        }
         tokio::spawn(async move {
             shutdown_signal().await;
             let _ = stop.send(true);
         });
         let mut stopped = stopped.clone();
-        run(TcpListener::from_std(listener)?, Arc::new(proxy), async move {
+        run(TcpListener::from_std(listener)?, proxy, async move {
             let _ = stopped.wait_for(|s| *s).await;
         })
         .await
@@ -155,6 +170,34 @@ pub fn run_workers(config: Config, workers: usize) -> anyhow::Result<()> {
         }
     }
     Ok(result?)
+}
+
+/// Serves `GET /metrics` (Prometheus text) on an internal listener.
+pub async fn serve_metrics(listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let proxy = proxy.clone();
+                async move {
+                    let (status, body) = if req.uri().path() == "/metrics" {
+                        (http::StatusCode::OK, proxy.metrics_text())
+                    } else {
+                        (http::StatusCode::NOT_FOUND, "only /metrics here\n".to_string())
+                    };
+                    let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    *resp.status_mut() = status;
+                    resp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
 }
 
 /// A non-blocking listener with `SO_REUSEPORT`, so each worker accepts on

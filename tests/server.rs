@@ -155,3 +155,34 @@ async fn slow_header_senders_are_cut_off() {
     let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the proxy closed the connection");
 }
+
+#[tokio::test]
+async fn metrics_count_answers_by_class_and_error_code() {
+    let app = App::start().await;
+    let (config, _dir, _) = registry_config(DEMO);
+    let proxy = TestProxy::start(config).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    tokio::spawn(preview_proxy::server::serve_metrics(listener, proxy.proxy.clone()));
+
+    let host = format!("{}-demo.preview.localhost", app.addr.port());
+    for _ in 0..3 {
+        assert_eq!(get(&proxy, &host, "/").await.status, 200);
+    }
+    assert_eq!(get(&proxy, "proxy.localhost", "/nothing").await.status, 404);
+    assert_eq!(get(&proxy, "3000-nosuch.preview.localhost", "/").await.status, 401);
+
+    let req = Request::builder().uri(format!("http://{metrics_addr}/metrics")).body(empty()).unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for line in [
+        "preview_proxy_responses_total{class=\"2xx\"} 3",
+        "preview_proxy_responses_total{class=\"4xx\"} 2",
+        "preview_proxy_errors_total{code=\"NOT_FOUND\"} 1",
+        "preview_proxy_errors_total{code=\"UNAUTHORIZED\"} 1",
+        "preview_proxy_tunnels_open 0",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+}
