@@ -197,6 +197,24 @@ pub fn push_escaped(out: &mut String, s: &str) {
     }
 }
 
+/// One value of every variant, for tests that must cover them all.
+#[cfg(test)]
+pub(crate) fn every_error() -> Vec<ProxyError> {
+    let port = Port::parse("8080").expect("valid port");
+    vec![
+        ProxyError::NoRoute,
+        ProxyError::SandboxNotFound,
+        ProxyError::Unauthorized(Denied::default()),
+        ProxyError::BadPath,
+        ProxyError::ControlPlaneUnavailable(String::new()),
+        ProxyError::ControlPlaneInvalid(String::new()),
+        ProxyError::PortNotListening(port),
+        ProxyError::RunnerUnreachable(String::new()),
+        ProxyError::UpstreamTimeout(port),
+        ProxyError::UpstreamFailed { port, detail: String::new() },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,20 +261,7 @@ mod tests {
 
     #[test]
     fn every_error_has_a_message_and_status() {
-        let port = Port::parse("8080").unwrap();
-        let all = [
-            ProxyError::NoRoute,
-            ProxyError::SandboxNotFound,
-            ProxyError::Unauthorized(Denied::default()),
-            ProxyError::BadPath,
-            ProxyError::ControlPlaneUnavailable(String::new()),
-            ProxyError::ControlPlaneInvalid(String::new()),
-            ProxyError::PortNotListening(port),
-            ProxyError::RunnerUnreachable(String::new()),
-            ProxyError::UpstreamTimeout(port),
-            ProxyError::UpstreamFailed { port, detail: String::new() },
-        ];
-        for e in all {
+        for e in every_error() {
             assert!(e.status().is_client_error() || e.status().is_server_error());
             assert!(!e.message().is_empty());
         }

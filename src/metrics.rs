@@ -82,22 +82,7 @@ mod tests {
 
     #[test]
     fn every_error_code_is_counted() {
-        use crate::error::ProxyError;
-        use crate::host::Port;
-        let port = Port::parse("1").unwrap();
-        let all = [
-            ProxyError::NoRoute,
-            ProxyError::SandboxNotFound,
-            ProxyError::Unauthorized(Default::default()),
-            ProxyError::BadPath,
-            ProxyError::ControlPlaneUnavailable(String::new()),
-            ProxyError::ControlPlaneInvalid(String::new()),
-            ProxyError::PortNotListening(port),
-            ProxyError::RunnerUnreachable(String::new()),
-            ProxyError::UpstreamTimeout(port),
-            ProxyError::UpstreamFailed { port, detail: String::new() },
-        ];
-        for e in all {
+        for e in crate::error::every_error() {
             assert!(ERROR_CODES.contains(&e.code()), "{} is not counted", e.code());
         }
     }
