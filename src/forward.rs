@@ -68,50 +68,51 @@ pub fn client(config: &Config) -> HttpClient {
         .build(connector)
 }
 
-/// Builds the upstream URI. The path and query are copied byte for byte; in
-/// runner mode a path with dot segments is refused, since the runner's router
-/// could resolve them into another sandbox's prefix.
-pub fn upstream_uri(target: &Target, sandbox_id: &str, port: Port, path_and_query: &str) -> Result<Uri, ProxyError> {
+/// What a request asks for inside the sandbox.
+#[derive(Clone, Copy, Debug)]
+pub enum Route {
+    /// An app's port: `.../toolbox/proxy/{port}{path}` on a runner.
+    Port(Port),
+    /// The toolbox API: `.../toolbox{path}` on a runner, port 2280 direct.
+    Toolbox,
+}
+
+/// Builds the upstream URI. The path and query are copied byte for byte;
+/// a path with dot segments is refused where it is appended to a prefix
+/// (a runner's, or the toolbox's), since the upstream's router could
+/// resolve them into another sandbox's prefix.
+pub fn upstream_uri(target: &Target, sandbox_id: &str, route: Route, path_and_query: &str) -> Result<Uri, ProxyError> {
     if !path_and_query.starts_with('/') {
+        return Err(ProxyError::BadPath);
+    }
+    let prefixed = matches!(target, Target::Runner(_)) || matches!(route, Route::Toolbox);
+    let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
+    if prefixed && has_dot_segment(path) {
         return Err(ProxyError::BadPath);
     }
     let uri = match target {
         Target::Runner(runner) => {
-            let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
-            if has_dot_segment(path) {
-                return Err(ProxyError::BadPath);
-            }
             // Built by hand: this runs on every request and `format!` is slow.
             let mut pq = String::with_capacity(runner.prefix.len() + sandbox_id.len() + path_and_query.len() + 40);
             pq.push_str(&runner.prefix);
             pq.push_str("/sandboxes/");
             pq.push_str(sandbox_id);
-            pq.push_str("/toolbox/proxy/");
-            push_port(&mut pq, port);
+            match route {
+                Route::Port(port) => {
+                    pq.push_str("/toolbox/proxy/");
+                    push_port(&mut pq, port);
+                }
+                Route::Toolbox => pq.push_str("/toolbox"),
+            }
             pq.push_str(path_and_query);
             Uri::builder().scheme(runner.scheme.clone()).authority(runner.authority.clone()).path_and_query(pq).build()
         }
         Target::Direct(host) => {
+            let port = match route {
+                Route::Port(port) => port,
+                Route::Toolbox => Port::TOOLBOX,
+            };
             Uri::builder().scheme("http").authority(format!("{host}:{port}")).path_and_query(path_and_query).build()
-        }
-    };
-    uri.map_err(|_| ProxyError::BadPath)
-}
-
-/// The toolbox route's upstream: `{proxyUrl}/sandboxes/{id}/toolbox{path}`,
-/// or port 2280 of a direct upstream.
-pub fn toolbox_uri(target: &Target, sandbox_id: &str, path_and_query: &str) -> Result<Uri, ProxyError> {
-    let path = path_and_query.split_once('?').map_or(path_and_query, |(p, _)| p);
-    if !path_and_query.starts_with('/') || has_dot_segment(path) {
-        return Err(ProxyError::BadPath);
-    }
-    let uri = match target {
-        Target::Runner(runner) => {
-            let pq = format!("{}/sandboxes/{sandbox_id}/toolbox{path_and_query}", runner.prefix);
-            Uri::builder().scheme(runner.scheme.clone()).authority(runner.authority.clone()).path_and_query(pq).build()
-        }
-        Target::Direct(host) => {
-            Uri::builder().scheme("http").authority(format!("{host}:2280")).path_and_query(path_and_query).build()
         }
     };
     uri.map_err(|_| ProxyError::BadPath)
@@ -478,14 +479,16 @@ mod tests {
             "/",
         ];
         for pq in cases {
-            let uri = upstream_uri(&runner(), "sbx-1", port("3000"), pq).unwrap();
+            let uri = upstream_uri(&runner(), "sbx-1", Route::Port(port("3000")), pq).unwrap();
             assert_eq!(uri.to_string(), format!("http://runner:3003/sandboxes/sbx-1/toolbox/proxy/3000{pq}"));
         }
     }
 
     #[test]
     fn direct_uri_keeps_path_and_query_bytes() {
-        let uri = upstream_uri(&Target::Direct("127.0.0.1".into()), "demo", port("8000"), "/x/%2e%2e/y?q=%20").unwrap();
+        let uri =
+            upstream_uri(&Target::Direct("127.0.0.1".into()), "demo", Route::Port(port("8000")), "/x/%2e%2e/y?q=%20")
+                .unwrap();
         assert_eq!(uri.to_string(), "http://127.0.0.1:8000/x/%2e%2e/y?q=%20");
     }
 
@@ -503,16 +506,19 @@ mod tests {
             "/a/..;x/b",
             "/a/%2e",
         ] {
-            assert!(matches!(upstream_uri(&runner(), "a", port("3000"), pq), Err(ProxyError::BadPath)), "{pq}");
+            assert!(
+                matches!(upstream_uri(&runner(), "a", Route::Port(port("3000")), pq), Err(ProxyError::BadPath)),
+                "{pq}"
+            );
         }
     }
 
     #[test]
     fn toolbox_uri_and_location_prefix() {
-        let uri = toolbox_uri(&runner(), "sbx", "/files/list?path=%2Ftmp").unwrap();
+        let uri = upstream_uri(&runner(), "sbx", Route::Toolbox, "/files/list?path=%2Ftmp").unwrap();
         assert_eq!(uri.to_string(), "http://runner:3003/sandboxes/sbx/toolbox/files/list?path=%2Ftmp");
-        assert!(toolbox_uri(&runner(), "sbx", "/../../other/toolbox/x").is_err());
-        let direct = toolbox_uri(&Target::Direct("127.0.0.1".into()), "sbx", "/version").unwrap();
+        assert!(upstream_uri(&runner(), "sbx", Route::Toolbox, "/../../other/toolbox/x").is_err());
+        let direct = upstream_uri(&Target::Direct("127.0.0.1".into()), "sbx", Route::Toolbox, "/version").unwrap();
         assert_eq!(direct.to_string(), "http://127.0.0.1:2280/version");
 
         let cases = [

@@ -11,6 +11,9 @@ pub const RESERVED_PORTS: [u16; 3] = [22222, 2280, 33333];
 pub struct Port(u16);
 
 impl Port {
+    /// The toolbox API's port inside a sandbox.
+    pub const TOOLBOX: Port = Port(2280);
+
     /// Parses the decimal form used in host labels: no sign, no leading zero,
     /// at most five digits. `02280` is not a port, so it cannot slip past the
     /// reserved-port check.

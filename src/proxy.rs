@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::control_plane::{unix_now, ControlPlane, DaytonaApi, Registry, Target};
 use crate::cors::Cors;
 use crate::error::{wants_html, ErrorPages, ProxyError};
-use crate::forward::{self, Downstream, HttpClient, UpstreamBody};
+use crate::forward::{self, Downstream, HttpClient, Route, UpstreamBody};
 use crate::host::{self, Port, PreviewHost};
 use crate::metrics::Metrics;
 use crate::tls::Tls;
@@ -30,7 +30,6 @@ use crate::Body;
 
 pub const X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE: HeaderName =
     HeaderName::from_static("x-daytona-skip-last-activity-update");
-const TOOLBOX_PORT: u16 = 2280;
 
 /// A proxy worker: the state all workers share, and this worker's own
 /// upstream connection pool (its connections stay on its thread).
@@ -192,11 +191,11 @@ impl Proxy {
         if req.method() == Method::POST && req.uri().path() == warning_page::ACCEPT_PATH {
             return warning_page::accept(req.uri().query(), host_str, self.config.https).map(Either::Right);
         }
-        let preview = host::parse(host_str, &self.config.allowed_base_domains);
-        let (Some(preview), Some(host_value)) = (preview, host_value.clone()) else {
-            return self.own_route(req, peer, host_value, html).await;
+        let (preview, host_value) = match (host::parse(host_str, &self.config.allowed_base_domains), host_value) {
+            (Some(preview), Some(host_value)) => (preview, host_value),
+            (_, host_value) => return self.own_route(req, peer, host_value, html).await,
         };
-        if self.config.toolbox_only && preview.port().get() != TOOLBOX_PORT {
+        if self.config.toolbox_only && preview.port() != Port::TOOLBOX {
             return self.fail(&ProxyError::NoRoute, html);
         }
         if let Some(page) = &self.warning {
@@ -207,7 +206,8 @@ impl Proxy {
                 forward::is_upgrade(req.headers()),
             ) {
                 let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                return page.render(&format!("{}://{host_str}{pq}", self.proto)).map(Either::Right);
+                let host = host_value.to_str().unwrap_or_default();
+                return page.render(&format!("{}://{host}{pq}", self.proto)).map(Either::Right);
             }
         }
         let method = req.method().clone();
@@ -257,24 +257,26 @@ impl Proxy {
         host_value: HeaderValue,
         dest: Dest<'_>,
     ) -> Result<Response<Body>, ProxyError> {
-        let (key, port, cookie_host, original) = match &dest {
-            Dest::Preview(host) => {
-                let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                (host.key(), host.port(), Cow::Borrowed(host.as_str()), pq.to_string())
-            }
-            Dest::Toolbox { sandbox_id, path_and_query } => {
-                let host = host::strip_port(host_value.to_str().unwrap_or_default()).to_ascii_lowercase();
-                (*sandbox_id, Port::parse("2280").expect("valid port"), Cow::Owned(host), path_and_query.to_string())
-            }
+        let (key, route) = match &dest {
+            Dest::Preview(host) => (host.key(), Route::Port(host.port())),
+            Dest::Toolbox { sandbox_id, .. } => (*sandbox_id, Route::Toolbox),
+        };
+        let port = match route {
+            Route::Port(port) => port,
+            Route::Toolbox => Port::TOOLBOX,
         };
         let upgrade = forward::is_upgrade(req.headers()).then(|| req.headers()[UPGRADE].clone());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let original = match &dest {
+            Dest::Preview(_) => parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            Dest::Toolbox { path_and_query, .. } => path_and_query,
+        };
 
         // Credentials and control headers leave the request whether or not
         // this sandbox needs them.
-        let (mut creds, stripped) = Credentials::take(&mut parts.headers, &original, key);
-        let path_and_query = stripped.as_deref().unwrap_or(&original);
+        let (mut creds, stripped) = Credentials::take(&mut parts.headers, original, key);
+        let path_and_query = stripped.as_deref().unwrap_or(original);
         let skip_activity = parts
             .headers
             .remove(X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE)
@@ -296,9 +298,13 @@ impl Proxy {
             }
             if let Some(grant) = granted.cookie {
                 let name = auth_cookie::cookie_name(key);
-                let domain = match &self.config.cookie_domain {
-                    Some(d) => Cow::Borrowed(d.as_str()),
-                    None => Cow::Owned(format!(".{cookie_host}")),
+                let domain = match (&self.config.cookie_domain, &dest) {
+                    (Some(d), _) => d.clone(),
+                    (None, Dest::Preview(host)) => format!(".{}", host.as_str()),
+                    (None, Dest::Toolbox { .. }) => {
+                        let host = host_value.to_str().unwrap_or_default();
+                        format!(".{}", host::strip_port(host).to_ascii_lowercase())
+                    }
                 };
                 let value = self.signer.sign(&name, &grant, now);
                 set_cookie = Some(auth_cookie::set_cookie(&name, value, &domain, self.config.https));
@@ -309,10 +315,7 @@ impl Proxy {
         };
 
         let target = self.control_plane.target(&sandbox_id).await?;
-        let uri = match &dest {
-            Dest::Preview(_) => forward::upstream_uri(&target, &sandbox_id, port, path_and_query)?,
-            Dest::Toolbox { .. } => forward::toolbox_uri(&target, &sandbox_id, path_and_query)?,
-        };
+        let uri = forward::upstream_uri(&target, &sandbox_id, route, path_and_query)?;
         let trusted = self.config.is_trusted_proxy(peer.addr.ip());
         let down = Downstream {
             peer: peer.addr.ip(),
@@ -384,7 +387,7 @@ impl Proxy {
                 let method = req.method().clone();
                 let dest = Dest::Toolbox { sandbox_id: &id, path_and_query: &rest };
                 let result = self.proxy_request(req, peer, host_value, dest).await;
-                return self.finish(result, &method, Port::parse("2280").expect("valid port"), started, html);
+                return self.finish(result, &method, Port::TOOLBOX, started, html);
             }
         }
         if let Some(id) = path.strip_prefix("/sandboxes/").and_then(|p| p.strip_suffix("/last-activity")) {
