@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::file_stamp::{stamp, Stamp};
+use crate::file_stamp::{self, stamp, Stamp};
 
 /// Where certificates come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,10 +117,20 @@ fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-/// The SNI resolver rustls asks on every handshake.
+/// The SNI resolver rustls asks on every handshake, and the files it
+/// reloads from.
 #[derive(Debug)]
 struct Resolver {
     store: ArcSwap<Store>,
+    files: TlsFiles,
+}
+
+impl Resolver {
+    fn reload(&self) -> Result<(), String> {
+        let store = Store::load(&self.files)?;
+        self.store.store(Arc::new(store));
+        Ok(())
+    }
 }
 
 impl ResolvesServerCert for Resolver {
@@ -134,7 +144,6 @@ impl ResolvesServerCert for Resolver {
 pub struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
     resolver: Arc<Resolver>,
-    files: TlsFiles,
 }
 
 impl Tls {
@@ -147,7 +156,7 @@ impl Tls {
                     .into(),
             );
         }
-        let resolver = Arc::new(Resolver { store: ArcSwap::from_pointee(store) });
+        let resolver = Arc::new(Resolver { store: ArcSwap::from_pointee(store), files });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -155,7 +164,7 @@ impl Tls {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), resolver, files })
+        Ok(Tls { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), resolver })
     }
 
     pub fn acceptor(&self) -> &tokio_rustls::TlsAcceptor {
@@ -164,36 +173,22 @@ impl Tls {
 
     /// Re-reads the files; on error the current certificates stay.
     pub fn reload(&self) -> Result<(), String> {
-        let store = Store::load(&self.files)?;
-        self.resolver.store.store(Arc::new(store));
-        Ok(())
+        self.resolver.reload()
     }
 
     /// Reloads whenever a certificate file changes (checked every
-    /// `interval`), until the acceptor is dropped.
+    /// `interval`), until the acceptor is dropped. Open connections keep the
+    /// certificate they started with.
     pub fn watch(&self, interval: Duration) {
-        let weak = Arc::downgrade(&self.resolver);
-        let files = self.files.clone();
-        let acceptor = self.acceptor.clone();
-        let mut seen = stamps(&files);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(resolver) = weak.upgrade() else { return };
-                let now = stamps(&files);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                let tls = Tls { acceptor: acceptor.clone(), resolver, files: files.clone() };
-                match tls.reload() {
-                    Ok(()) => tracing::info!("TLS certificates reloaded"),
-                    Err(e) => tracing::warn!("TLS certificates not reloaded, keeping the current ones: {e}"),
-                }
-            }
-        });
+        file_stamp::watch(
+            Arc::downgrade(&self.resolver),
+            interval,
+            |resolver: &Resolver| stamps(&resolver.files),
+            |resolver: &Resolver| match resolver.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => tracing::warn!("TLS certificates not reloaded, keeping the current ones: {e}"),
+            },
+        );
     }
 }
 

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::file_stamp::stamp;
+use crate::file_stamp::{self, stamp};
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
@@ -216,35 +216,29 @@ impl Registry {
 
     /// Re-reads the file now. On error the current snapshot stays.
     pub fn reload(&self) -> Result<(), String> {
-        let snapshot = load(&self.inner.path)?;
-        self.inner.current.store(Arc::new(snapshot));
-        Ok(())
+        self.inner.reload()
     }
 
     /// Polls the file every `interval` and reloads it when it changes; stops
     /// when the registry is dropped.
     pub fn watch(&self, interval: Duration) {
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let mut seen = stamp(&self.inner.path);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                let now = stamp(&inner.path);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                match (Registry { inner }).reload() {
-                    Ok(()) => tracing::info!("registry reloaded"),
-                    Err(e) => {
-                        tracing::warn!("registry not reloaded, keeping the last good one: {e}")
-                    }
-                }
-            }
-        });
+        file_stamp::watch(
+            Arc::downgrade(&self.inner),
+            interval,
+            |inner: &Inner| stamp(&inner.path),
+            |inner: &Inner| match inner.reload() {
+                Ok(()) => tracing::info!("registry reloaded"),
+                Err(e) => tracing::warn!("registry not reloaded, keeping the last good one: {e}"),
+            },
+        );
+    }
+}
+
+impl Inner {
+    fn reload(&self) -> Result<(), String> {
+        let snapshot = load(&self.path)?;
+        self.current.store(Arc::new(snapshot));
+        Ok(())
     }
 }
 
