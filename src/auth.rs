@@ -48,7 +48,9 @@ impl Credentials {
                 .filter(|t| !t.is_empty()),
             ..Credentials::default()
         };
-        if headers.contains_key(COOKIE) {
+        // Most requests carry cookies, few carry the proxy's: look before
+        // allocating anything.
+        if headers.get_all(COOKIE).iter().any(|v| v.to_str().is_ok_and(auth_cookie::has_proxy_cookie)) {
             creds.cookie =
                 auth_cookie::find(headers.get_all(COOKIE).iter(), &auth_cookie::cookie_name(key)).map(str::to_string);
             strip_cookies(headers);
@@ -68,9 +70,6 @@ impl Credentials {
 /// left empty.
 fn strip_cookies(headers: &mut http::HeaderMap) {
     let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
-    if !values.iter().any(|v| v.to_str().is_ok_and(auth_cookie::has_proxy_cookie)) {
-        return;
-    }
     headers.remove(COOKIE);
     for v in values {
         match v.to_str() {
@@ -90,20 +89,12 @@ fn strip_cookies(headers: &mut http::HeaderMap) {
 /// percent-decoded value and the remaining query, whose other parameters
 /// keep their bytes and order.
 pub fn take_query_key(query: &str) -> Option<(String, String)> {
-    let mut value = None;
-    let mut rest = String::new();
-    for pair in query.split('&') {
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        if name == QUERY_KEY {
-            value.get_or_insert_with(|| crate::forward::percent_decode(pair.split_once('=').map_or("", |(_, v)| v)));
-            continue;
-        }
-        if !rest.is_empty() {
-            rest.push('&');
-        }
-        rest.push_str(pair);
-    }
-    value.map(|v| (v, rest))
+    let is_key = |pair: &&str| pair.split_once('=').map_or(*pair, |(name, _)| name) == QUERY_KEY;
+    // Most queries have no key: find it before building anything.
+    let first = query.split('&').find(is_key)?;
+    let value = crate::forward::percent_decode(first.split_once('=').map_or("", |(_, v)| v));
+    let rest = query.split('&').filter(|pair| !is_key(pair)).collect::<Vec<_>>().join("&");
+    Some((value, rest))
 }
 
 /// The methods of SPEC 2, in the order they are tried.
