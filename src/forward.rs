@@ -3,28 +3,18 @@
 //! bodies streamed, one safe retry on a stale pooled connection, upgrades
 //! tunnelled.
 
-use std::error::Error as _;
-use std::io;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Empty};
+use http::{HeaderMap, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::activity::ActivityGuard;
-use crate::config::Config;
 use crate::control_plane::Target;
 use crate::error::ProxyError;
 use crate::host::Port;
-
-pub type RequestBody = Either<Incoming, Empty<Bytes>>;
-pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
+use crate::upstream::Lease;
 
 pub const X_DAYTONA_AUTHORIZATION: HeaderName = HeaderName::from_static("x-daytona-authorization");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -44,29 +34,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
 ];
-
-/// The pooled upstream client (HTTP/1.1 to runners and apps, TLS when a
-/// runner's `proxyUrl` is https).
-pub fn client(config: &Config) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(config.upstream_connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(30)));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        // Shorter than the usual 60-70 s server idle timeouts, so the pool
-        // drops connections before the peer does.
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(512)
-        .build(connector)
-}
 
 /// What a request asks for inside the sandbox.
 #[derive(Clone, Copy, Debug)]
@@ -132,15 +99,27 @@ pub fn prefix_location(headers: &mut HeaderMap, sandbox_id: &str) {
 }
 
 /// The upstream's response body, holding what must live as long as it
-/// streams (the sandbox's activity keep-alive).
+/// streams (the sandbox's activity keep-alive) and the connection it came
+/// on, which goes back to the pool once the body has been read to its end.
 pub struct UpstreamBody {
     body: Incoming,
+    lease: Option<Lease>,
     _guard: Option<ActivityGuard>,
 }
 
 impl UpstreamBody {
-    pub fn new(body: Incoming, guard: Option<ActivityGuard>) -> UpstreamBody {
-        UpstreamBody { body, _guard: guard }
+    pub fn new(body: Incoming, lease: Option<Lease>, guard: Option<ActivityGuard>) -> UpstreamBody {
+        let mut body = UpstreamBody { body, lease, _guard: guard };
+        if body.body.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
     }
 }
 
@@ -152,7 +131,15 @@ impl hyper::body::Body for UpstreamBody {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        match &frame {
+            std::task::Poll::Ready(None) => this.release(),
+            std::task::Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            std::task::Poll::Ready(Some(Err(_))) => this.lease = None,
+            _ => {}
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -299,7 +286,7 @@ pub fn prepare_request_headers(
     remove_hop_by_hop(headers);
     match target {
         Target::Runner(runner) => headers.insert(header::HOST, runner.host.clone()),
-        // The client sets it from the URI.
+        // The pool sets it from the URI.
         Target::Direct(_) => headers.remove(header::HOST),
     };
     join_cookies(headers);
@@ -339,105 +326,6 @@ fn join_cookies(headers: &mut HeaderMap) {
     if let Ok(v) = HeaderValue::try_from(joined) {
         headers.insert(header::COOKIE, v);
     }
-}
-
-/// Sends the request, retrying once on a stale pooled connection when that
-/// is safe: an idempotent method and no body, so nothing can run twice.
-pub async fn send(
-    client: &HttpClient,
-    req: Request<RequestBody>,
-    timeout: Duration,
-    port: Port,
-    direct: bool,
-) -> Result<Response<Incoming>, ProxyError> {
-    let replay = replayable(&req).then(|| copy_head(&req));
-    let first = tokio::time::timeout(timeout, client.request(req)).await;
-    let err = match first {
-        Ok(Ok(resp)) => return Ok(resp),
-        Err(_) => return Err(ProxyError::UpstreamTimeout(port)),
-        Ok(Err(err)) => err,
-    };
-    let Some(again) = replay.filter(|_| is_stale_connection(&err)) else {
-        return Err(classify(&err, port, direct));
-    };
-    tracing::debug!(error = %err, "stale upstream connection; retrying once");
-    match tokio::time::timeout(timeout, client.request(again)).await {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(err)) => Err(classify(&err, port, direct)),
-        Err(_) => Err(ProxyError::UpstreamTimeout(port)),
-    }
-}
-
-fn replayable(req: &Request<RequestBody>) -> bool {
-    let idempotent = matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    idempotent && req.body().is_end_stream() && !is_upgrade(req.headers())
-}
-
-fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
-    let mut copy = Request::new(Either::Right(Empty::new()));
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
-}
-
-/// The connection broke before any response: the upstream closed a pooled
-/// connection as the request went out.
-fn is_stale_connection(err: &hyper_util::client::legacy::Error) -> bool {
-    if err.is_connect() {
-        return false;
-    }
-    let mut source = err.source();
-    while let Some(e) = source {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() {
-                return true;
-            }
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = e.source();
-    }
-    false
-}
-
-fn io_kind(err: &hyper_util::client::legacy::Error) -> Option<io::ErrorKind> {
-    let mut source = err.source();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(io.kind());
-        }
-        source = e.source();
-    }
-    None
-}
-
-/// Maps a client error to what the user is told.
-fn classify(err: &hyper_util::client::legacy::Error, port: Port, direct: bool) -> ProxyError {
-    let kind = io_kind(err);
-    if err.is_connect() {
-        return match (kind, direct) {
-            (Some(io::ErrorKind::TimedOut), _) => ProxyError::UpstreamTimeout(port),
-            (Some(io::ErrorKind::ConnectionRefused), true) => ProxyError::PortNotListening(port),
-            (_, true) => {
-                ProxyError::UpstreamFailed { port, detail: err.source().map(|e| e.to_string()).unwrap_or_default() }
-            }
-            (_, false) => ProxyError::RunnerUnreachable(err.source().map(|e| e.to_string()).unwrap_or_default()),
-        };
-    }
-    let detail = err.source().map(|e| e.to_string()).unwrap_or_else(|| err.to_string());
-    ProxyError::UpstreamFailed { port, detail }
 }
 
 /// Prepares the upstream's response for the client.

@@ -18,6 +18,7 @@ pub mod server;
 pub mod signed_url;
 pub mod tls;
 pub mod tunnel;
+pub mod upstream;
 pub mod warning_page;
 
 use bytes::Bytes;

@@ -20,11 +20,12 @@ use crate::config::Config;
 use crate::control_plane::{unix_now, ControlPlane, DaytonaApi, Registry, Target};
 use crate::cors::Cors;
 use crate::error::{wants_html, ErrorPages, ProxyError};
-use crate::forward::{self, Downstream, HttpClient, Route, UpstreamBody};
+use crate::forward::{self, Downstream, Route, UpstreamBody};
 use crate::host::{self, Port, PreviewHost};
 use crate::metrics::Metrics;
 use crate::tls::Tls;
 use crate::tunnel::Tunnels;
+use crate::upstream::Pool;
 use crate::warning_page::{self, WarningPage};
 use crate::Body;
 
@@ -35,8 +36,8 @@ pub const X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE: HeaderName =
 /// upstream connection pool (its connections stay on its thread).
 pub struct Proxy {
     shared: Arc<Shared>,
-    /// Pooled upstream client.
-    client: HttpClient,
+    /// This worker's upstream connections.
+    pool: Pool,
 }
 
 /// State shared by every worker.
@@ -141,12 +142,12 @@ impl Proxy {
             health: Bytes::from(health),
             config,
         };
-        Ok(Proxy { client: forward::client(&shared.config), shared: Arc::new(shared) })
+        Ok(Proxy { pool: Pool::new(&shared.config), shared: Arc::new(shared) })
     }
 
     /// Another worker: the same shared state, its own upstream pool.
     pub fn worker(&self) -> Proxy {
-        Proxy { shared: self.shared.clone(), client: forward::client(&self.shared.config) }
+        Proxy { shared: self.shared.clone(), pool: Pool::new(&self.shared.config) }
     }
 
     pub fn config(&self) -> &Config {
@@ -330,7 +331,7 @@ impl Proxy {
         let direct = matches!(target, Target::Direct(_));
 
         let out = Request::from_parts(parts, Either::Left(body));
-        let mut resp = forward::send(&self.client, out, self.config.upstream_timeout, port, direct).await?;
+        let (mut resp, lease) = self.pool.send(out, self.config.upstream_timeout, port, direct).await?;
         if !direct && forward::is_empty_bad_gateway(&resp) {
             return Err(ProxyError::PortNotListening(port));
         }
@@ -357,10 +358,10 @@ impl Proxy {
         if upgraded {
             if let Some(client) = client_upgrade {
                 self.tunnels.spawn(client, hyper::upgrade::on(&mut resp), guard);
-                return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None))));
+                return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None, None))));
             }
         }
-        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, guard))))
+        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, Some(lease), guard))))
     }
 
     /// Routes on hosts that are not preview hosts.

@@ -235,6 +235,34 @@ async fn stale_pooled_connection_is_retried_only_when_safe() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_reused_once_a_response_is_read() {
+    let runner = App::start().await;
+    let (proxy, _dir) = proxy_with_runner(&runner).await;
+    let host = "3000-sbx.preview.localhost";
+    for _ in 0..5 {
+        assert_eq!(get(&proxy, host, "/a").await.status, 200);
+        let a = get(&proxy, host, "/download/100000").await;
+        assert_eq!(a.body.len(), 100_000);
+        let a = send(&proxy, "HEAD", host, "/b", &[], empty()).await;
+        assert_eq!(a.status, 200);
+    }
+    assert_eq!(runner.seen().len(), 15);
+    assert_eq!(runner.connections(), 1, "one upstream connection carried every request");
+
+    // A response the client abandons mid-stream takes its connection with it;
+    // the next requests open one new connection and keep it.
+    let req = Request::builder().uri(proxy.url("/stream")).header("host", host).body(empty()).unwrap();
+    let mut body = client().request(req).await.unwrap().into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "data: hello\n\n");
+    drop(body);
+    for _ in 0..5 {
+        assert_eq!(get(&proxy, host, "/c").await.status, 200);
+    }
+    assert_eq!(runner.connections(), 2);
+}
+
+#[tokio::test]
 async fn upstream_errors_are_clear_and_never_empty() {
     let runner = App::start().await;
     let (proxy, _dir) = proxy_with_runner(&runner).await;

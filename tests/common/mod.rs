@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,14 +44,26 @@ where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
+    serve_counted(handler).await.0
+}
+
+/// [`serve`], also counting the connections accepted.
+pub async fn serve_counted<F, Fut>(handler: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let handler = Arc::new(handler);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            counter.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
@@ -64,7 +76,7 @@ where
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 // ---------------------------------------------------------------- proxy
@@ -352,14 +364,20 @@ pub struct Seen {
 pub struct App {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    accepted: Arc<AtomicUsize>,
 }
 
 impl App {
     pub async fn start() -> App {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        let addr = serve(move |req| app(s.clone(), req)).await;
-        App { addr, seen }
+        let (addr, accepted) = serve_counted(move |req| app(s.clone(), req)).await;
+        App { addr, seen, accepted }
+    }
+
+    /// Connections the app has accepted.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,286 @@
+//! The upstream connection pool: HTTP/1.1 connections to runners and apps
+//! (TLS when a runner's `proxyUrl` is https), one pool per worker. Idle
+//! connections are reused newest first; a connection goes back to the pool
+//! when its response body has been read to the end, and is dropped otherwise.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Response};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
+
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::forward::is_upgrade;
+use crate::host::Port;
+
+pub type RequestBody = Either<Incoming, Empty<Bytes>>;
+type Sender = SendRequest<RequestBody>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Idle connections are closed after this, before the usual 60-70 s server
+/// idle timeouts close them under a request.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_IDLE_PER_HOST: usize = 512;
+
+pub struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    idle: Arc<Mutex<Idle>>,
+}
+
+#[derive(Clone, Hash, PartialEq, Eq)]
+struct Key {
+    https: bool,
+    authority: Authority,
+}
+
+#[derive(Default)]
+struct Idle {
+    hosts: HashMap<Key, VecDeque<(Sender, Instant)>, ahash::RandomState>,
+    swept: Option<Instant>,
+}
+
+/// A connection lent for one request; back to the pool by [`Lease::release`].
+pub struct Lease {
+    sender: Sender,
+    key: Key,
+    idle: Arc<Mutex<Idle>>,
+}
+
+impl Lease {
+    /// The response was read to its end: the connection can carry another.
+    pub fn release(self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.swept.is_none_or(|t| now.duration_since(t) > IDLE_TIMEOUT) {
+            idle.swept = Some(now);
+            idle.hosts.retain(|_, conns| {
+                conns.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
+                !conns.is_empty()
+            });
+        }
+        let conns = idle.hosts.entry(self.key).or_default();
+        if conns.len() >= MAX_IDLE_PER_HOST {
+            conns.pop_front();
+        }
+        conns.push_back((self.sender, now));
+    }
+}
+
+/// Why a request got no response.
+enum Failure {
+    Connect(BoxError),
+    /// The connection failed; `unsent` is the request when it provably never
+    /// left, `reused` whether the connection came from the pool.
+    Request {
+        error: hyper::Error,
+        unsent: Option<Box<Request<RequestBody>>>,
+        reused: bool,
+    },
+}
+
+impl Pool {
+    pub fn new(config: &Config) -> Pool {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.upstream_connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Pool { connector, idle: Arc::default() }
+    }
+
+    /// Sends the request and waits for the response head, within `timeout`.
+    /// A request that provably never left is sent again on a new connection;
+    /// one that may have left is sent again only when it is safe to replay
+    /// (idempotent, no body, not an upgrade) and the connection was a pooled
+    /// one the upstream had closed.
+    pub async fn send(
+        &self,
+        req: Request<RequestBody>,
+        timeout: Duration,
+        port: Port,
+        direct: bool,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        let attempt = async {
+            let replay = replayable(&req).then(|| copy_head(&req));
+            let (again, error) = match self.send_once(req, true).await {
+                Ok(ok) => return Ok(ok),
+                Err(Failure::Request { unsent: Some(req), error, .. }) => (*req, error),
+                Err(Failure::Request { error, reused: true, .. }) if is_stale(&error) && replay.is_some() => {
+                    (replay.expect("checked"), error)
+                }
+                Err(failure) => return Err(failure),
+            };
+            tracing::debug!(%error, "stale upstream connection; retrying once");
+            self.send_once(again, false).await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(ok)) => Ok(ok),
+            Ok(Err(failure)) => Err(classify(failure, port, direct)),
+            Err(_) => Err(ProxyError::UpstreamTimeout(port)),
+        }
+    }
+
+    async fn send_once(&self, req: Request<RequestBody>, pooled: bool) -> Result<(Response<Incoming>, Lease), Failure> {
+        let key = Key {
+            https: req.uri().scheme() == Some(&Scheme::HTTPS),
+            authority: req.uri().authority().cloned().ok_or_else(|| Failure::Connect("no upstream host".into()))?,
+        };
+        let (mut sender, reused) = match pooled.then(|| self.checkout(&key)).flatten() {
+            Some(sender) => (sender, true),
+            None => (self.connect(req.uri()).await?, false),
+        };
+        let mut req = req;
+        if !req.headers().contains_key(HOST) {
+            if let Ok(host) = HeaderValue::from_str(key.authority.as_str()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
+        *req.uri_mut() = origin_form(req.uri());
+        let reused = reused && ready(&mut sender).await;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, Lease { sender, key, idle: self.idle.clone() })),
+            Err(mut e) => {
+                Err(Failure::Request { unsent: e.take_message().map(Box::new), error: e.into_error(), reused })
+            }
+        }
+    }
+
+    /// The newest idle connection to `key` that is still open.
+    fn checkout(&self, key: &Key) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = idle.hosts.get_mut(key)?;
+        while let Some((sender, since)) = conns.pop_back() {
+            if since.elapsed() >= IDLE_TIMEOUT {
+                // Everything older is older still.
+                conns.clear();
+                break;
+            }
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, uri: &http::Uri) -> Result<Sender, Failure> {
+        let io = self.connector.clone().call(uri.clone()).await.map_err(Failure::Connect)?;
+        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|e| Failure::Request {
+            error: e,
+            unsent: None,
+            reused: false,
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Waits until a pooled connection has finished its previous exchange; false
+/// when it closed instead (the request then fails unsent and goes again).
+fn ready(sender: &mut Sender) -> impl Future<Output = bool> + '_ {
+    std::future::poll_fn(move |cx| match sender.poll_ready(cx) {
+        std::task::Poll::Ready(r) => std::task::Poll::Ready(r.is_ok()),
+        std::task::Poll::Pending => std::task::Poll::Pending,
+    })
+}
+
+/// The request line's target: path and query, as received.
+fn origin_form(uri: &http::Uri) -> http::Uri {
+    match uri.path_and_query() {
+        Some(pq) => http::Uri::from(pq.clone()),
+        None => http::Uri::from_static("/"),
+    }
+}
+
+fn replayable(req: &Request<RequestBody>) -> bool {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    idempotent && req.body().is_end_stream() && !is_upgrade(req.headers())
+}
+
+fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// The connection broke before any response: the upstream closed a pooled
+/// connection as the request went out.
+fn is_stale(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() || err.is_canceled() {
+        return true;
+    }
+    matches!(
+        io_kind(err),
+        Some(
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::UnexpectedEof
+        )
+    )
+}
+
+fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io.kind());
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// Maps a failure to what the user is told.
+fn classify(failure: Failure, port: Port, direct: bool) -> ProxyError {
+    match failure {
+        Failure::Connect(err) => match (io_kind(&*err), direct) {
+            (Some(io::ErrorKind::TimedOut), _) => ProxyError::UpstreamTimeout(port),
+            (Some(io::ErrorKind::ConnectionRefused), true) => ProxyError::PortNotListening(port),
+            (_, true) => ProxyError::UpstreamFailed { port, detail: chain(&*err) },
+            (_, false) => ProxyError::RunnerUnreachable(chain(&*err)),
+        },
+        Failure::Request { error, .. } => ProxyError::UpstreamFailed { port, detail: chain(&error) },
+    }
+}
+
+/// An error and its causes, as one line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
