@@ -52,14 +52,20 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
 
     /// Returns the cached value or runs `load`, which yields the value and its
     /// TTL. Concurrent callers for one key wait for the same load.
-    pub async fn get<F>(&self, key: &str, load: F) -> Result<V, LookupError>
+    pub async fn get<F, Fut>(&self, key: &str, load: F) -> Result<V, LookupError>
     where
-        F: std::future::Future<Output = Result<(V, Duration), LookupError>>,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(V, Duration), LookupError>>,
     {
+        // A hit never builds the loader's future, which holds a whole HTTP
+        // call and would be copied on every request otherwise.
+        if let Some(hit) = self.fresh.get(key).await {
+            return Ok(hit.value);
+        }
         let loaded = self
             .fresh
             .try_get_with_by_ref(key, async {
-                let (value, ttl) = load.await?;
+                let (value, ttl) = Box::pin(load()).await?;
                 let timed = Timed { value, ttl };
                 if let Some(last_good) = &self.last_good {
                     last_good.insert(key.to_string(), timed.clone()).await;
@@ -101,7 +107,7 @@ mod tests {
                 let (cache, calls, mut wait) = (cache.clone(), calls.clone(), wait.clone());
                 tokio::spawn(async move {
                     cache
-                        .get("k", async move {
+                        .get("k", || async move {
                             calls.fetch_add(1, Ordering::SeqCst);
                             wait.wait_for(|go| *go).await.unwrap();
                             Ok((7, Duration::from_secs(60)))
@@ -122,32 +128,32 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_cached() {
         let cache = ReadThrough::<u32>::new(100, None);
-        let r = cache.get("k", async { Err(LookupError::Unavailable("down".into())) }).await;
+        let r = cache.get("k", || async { Err(LookupError::Unavailable("down".into())) }).await;
         assert!(r.is_err());
-        let r = cache.get("k", async { Ok((1, Duration::from_secs(60))) }).await;
+        let r = cache.get("k", || async { Ok((1, Duration::from_secs(60))) }).await;
         assert_eq!(r.unwrap(), 1);
     }
 
     #[tokio::test]
     async fn loader_chooses_ttl() {
         let cache = ReadThrough::<u32>::new(100, None);
-        cache.get("k", async { Ok((1, Duration::from_millis(30))) }).await.unwrap();
-        assert_eq!(cache.get("k", async { Ok((2, Duration::from_secs(60))) }).await.unwrap(), 1);
+        cache.get("k", || async { Ok((1, Duration::from_millis(30))) }).await.unwrap();
+        assert_eq!(cache.get("k", || async { Ok((2, Duration::from_secs(60))) }).await.unwrap(), 1);
         tokio::time::sleep(Duration::from_millis(60)).await; // let the TTL pass
-        assert_eq!(cache.get("k", async { Ok((2, Duration::from_secs(60))) }).await.unwrap(), 2);
+        assert_eq!(cache.get("k", || async { Ok((2, Duration::from_secs(60))) }).await.unwrap(), 2);
     }
 
     #[tokio::test]
     async fn stale_entry_serves_only_transient_errors_within_window() {
         let cache = ReadThrough::<u32>::new(100, Some(Duration::from_millis(200)));
-        cache.get("k", async { Ok((1, Duration::from_millis(20))) }).await.unwrap();
+        cache.get("k", || async { Ok((1, Duration::from_millis(20))) }).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await; // expire the fresh entry
-        let r = cache.get("k", async { Err(LookupError::Unavailable("down".into())) }).await;
+        let r = cache.get("k", || async { Err(LookupError::Unavailable("down".into())) }).await;
         assert_eq!(r.unwrap(), 1);
-        let r = cache.get("k", async { Err(LookupError::NotFound) }).await;
+        let r = cache.get("k", || async { Err(LookupError::NotFound) }).await;
         assert!(matches!(r, Err(LookupError::NotFound)), "a definite answer is not hidden by stale data");
         tokio::time::sleep(Duration::from_millis(250)).await; // past the stale window
-        let r = cache.get("k", async { Err(LookupError::Unavailable("down".into())) }).await;
+        let r = cache.get("k", || async { Err(LookupError::Unavailable("down".into())) }).await;
         assert!(r.is_err());
     }
 }

@@ -83,7 +83,7 @@ impl DaytonaApi {
     /// (the API answers 404 for private and unknown alike).
     pub async fn is_public(&self, sandbox_id: &str) -> Result<bool, LookupError> {
         self.public
-            .get(sandbox_id, async {
+            .get(sandbox_id, || async {
                 let path = format!("/preview/{}/public", segment(sandbox_id));
                 let (status, _) = self.call(&path, "public-status lookup", &self.auth, None).await?;
                 Ok((status.is_success(), self.public_ttl))
@@ -94,7 +94,7 @@ impl DaytonaApi {
     /// `GET /runners/by-sandbox/{id}`: the runner's `proxyUrl` and `apiKey`.
     pub async fn target(&self, sandbox_id: &str) -> Result<Target, LookupError> {
         self.runners
-            .get(sandbox_id, async {
+            .get(sandbox_id, || async {
                 let path = format!("/runners/by-sandbox/{}", segment(sandbox_id));
                 let (status, body) = self.call(&path, "runner lookup", &self.auth, None).await?;
                 if status == StatusCode::NOT_FOUND {
@@ -121,7 +121,7 @@ impl DaytonaApi {
     /// `GET /preview/{id}/validate/{token}`: is this the sandbox's preview token?
     pub async fn validate_token(&self, sandbox_id: &str, token: &str) -> Result<bool, LookupError> {
         self.tokens
-            .get(&credential_key(sandbox_id, token), async {
+            .get(&credential_key(sandbox_id, token), || async {
                 let path = format!("/preview/{}/validate/{}", segment(sandbox_id), segment(token));
                 let (status, _) = self.call(&path, "preview-token check", &self.auth, None).await?;
                 Ok(self.credential_answer(status.is_success()))
@@ -137,7 +137,7 @@ impl DaytonaApi {
         };
         auth.set_sensitive(true);
         self.access
-            .get(&credential_key(sandbox_id, bearer), async {
+            .get(&credential_key(sandbox_id, bearer), || async {
                 let path = format!("/preview/{}/access", segment(sandbox_id));
                 let (status, _) = self.call(&path, "access check", &auth, Some(client_ip)).await?;
                 Ok(self.credential_answer(status.is_success()))
@@ -149,7 +149,7 @@ impl DaytonaApi {
     /// opens on this port; 403/404 mean invalid or expired.
     pub async fn resolve_signed(&self, token: &str, port: Port) -> Result<Option<Arc<str>>, LookupError> {
         self.signed
-            .get(&credential_key(&port.to_string(), token), async {
+            .get(&credential_key(&port.to_string(), token), || async {
                 let path = format!("/preview/{}/{port}/sandbox-id", segment(token));
                 let (status, body) = self.call(&path, "signed-token lookup", &self.auth, None).await?;
                 if !status.is_success() {
