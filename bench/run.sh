@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODE=${1:-quick}
 case "$MODE" in
-  quick) ROUNDS=3; DURATION=3s ;;
-  full) ROUNDS=5; DURATION=10s ;;
+  quick) ROUNDS=3; DURATION=3s; LOADS=20; H2N=50000; BIG_ROUNDS=1 ;;
+  full) ROUNDS=5; DURATION=10s; LOADS=50; H2N=200000; BIG_ROUNDS=3 ;;
   *) echo "usage: bench/run.sh [quick|full]" >&2; exit 2 ;;
 esac
 WORK=$(mktemp -d /tmp/preview-proxy-bench.XXXX)
@@ -18,7 +18,7 @@ RESULTS=$WORK/results.tsv
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for f in /tmp/bench-upstream.pid /tmp/bench-nginx.pid; do
+  for f in /tmp/bench-upstream.pid /tmp/bench-nginx.pid /tmp/bench-nginx-apps.pid /tmp/bench-nginx-h2.pid; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
 }
@@ -34,7 +34,7 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --quiet --bin preview-proxy --example mock_api --example storm
+cargo build --release --quiet --bin preview-proxy --example mock_api --example storm --example bench_app --example bench_client
 BIN=$ROOT/target/release
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
@@ -48,14 +48,31 @@ haproxy -f "$P/haproxy.cfg" >/dev/null 2>&1 & PIDS+=($!); wait_port 18082
 caddy run --config "$P/Caddyfile" --adapter caddyfile >/dev/null 2>&1 & PIDS+=($!); wait_port 18083
 "$BIN/examples/mock_api" 127.0.0.1:18090 http://127.0.0.1:18080 0 2>/dev/null & PIDS+=($!); wait_port 18090
 
-start_proxy() { # port api-port -> pid in PROXY_PID
-  DAYTONA_API_URL=http://127.0.0.1:$2 PROXY_API_KEY=bench-key PROXY_LISTEN_ADDRESS=127.0.0.1 PROXY_PORT=$1 \
-    RUST_LOG=warn "$BIN/preview-proxy" >"$WORK/proxy-$1.log" 2>&1 &
-  PROXY_PID=$!; PIDS+=("$PROXY_PID"); wait_port "$1"
+start_proxy() { # port api-port [env...] -> pid in PROXY_PID
+  local port=$1 api=$2; shift 2
+  env "$@" DAYTONA_API_URL=http://127.0.0.1:$api PROXY_API_KEY=bench-key PROXY_LISTEN_ADDRESS=127.0.0.1 PROXY_PORT=$port \
+    RUST_LOG=warn "$BIN/preview-proxy" >"$WORK/proxy-$port.log" 2>&1 &
+  PROXY_PID=$!; PIDS+=("$PROXY_PID"); wait_port "$port"
 }
 start_proxy 18084 18090
+MAIN_PID=$PROXY_PID
 sleep 1
 IDLE_RSS=$(rss_kb "$PROXY_PID")
+
+# Streaming and WebSockets: examples/bench_app as the sandbox app, behind
+# nginx (nginx-apps.conf) and a second proxy whose runner is that app.
+"$BIN/examples/bench_app" 127.0.0.1:18088 2>/dev/null & PIDS+=($!); wait_port 18088
+"$BIN/examples/mock_api" 127.0.0.1:18092 http://127.0.0.1:18088 0 2>/dev/null & PIDS+=($!); wait_port 18092
+nginx -c "$P/nginx-apps.conf" & wait_port 18087
+start_proxy 18089 18092
+APPS_PID=$PROXY_PID
+
+# HTTP/2: nginx with http2 (cleartext 18093, TLS 18094) and a TLS proxy,
+# both with a dev certificate.
+"$BIN/preview-proxy" dev-cert --out "$WORK" >/dev/null
+sed "s#@CERT@#$WORK/preview.localhost.crt#; s#@KEY@#$WORK/preview.localhost.key#" "$P/nginx-h2.conf" >"$WORK/nginx-h2.conf"
+nginx -c "$WORK/nginx-h2.conf" & wait_port 18094
+start_proxy 18095 18090 ENABLE_TLS=true TLS_CERT_FILE="$WORK/preview.localhost.crt" TLS_KEY_FILE="$WORK/preview.localhost.key"
 
 # --- measuring ---------------------------------------------------------------
 # run_wrk SCENARIO NAME URL [wrk args...]: one wrk run, one line in RESULTS.
@@ -85,7 +102,7 @@ for _ in $(seq "$ROUNDS"); do
   run_wrk 1 caddy http://127.0.0.1:18083/ -H "$HOST"
   run_wrk 1 preview-proxy http://127.0.0.1:18084/ -H "$HOST"
 done
-AFTER_RSS=$(rss_kb "$PROXY_PID")
+AFTER_RSS=$(rss_kb "$MAIN_PID")
 
 echo "scenario 2: private sandbox (header token, cookie)"
 COOKIE=$(curl -s -o /dev/null -D - -H 'Host: 3000-priv1.preview.localhost' \
@@ -96,6 +113,67 @@ for _ in $(seq "$ROUNDS"); do
   run_wrk 2 cookie http://127.0.0.1:18084/ -H 'Host: 3000-priv1.preview.localhost' -H "Cookie: $COOKIE"
 done
 
+# row SCENARIO NAME VALUE [VALUE2] [ERRORS]: one line in RESULTS.
+row() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-0}" "${5:-0}" >>"$RESULTS"; }
+# field KEY LINE: the value of key=value in a bench_client line.
+field() { echo "$2" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
+
+echo "scenario 4: page-load fan-out, 4 sandboxes x $LOADS loads of 1 + 80 assets over 6 connections"
+for _ in $(seq "$ROUNDS"); do
+  for t in direct:18080 nginx:18081 preview-proxy:18084; do
+    out=$("$BIN/examples/bench_client" pageload 127.0.0.1:${t#*:} '3000-pub{i}.preview.localhost' "$LOADS" 80 6 4)
+    row 4 "${t%%:*}" "$(field p50_ms "$out")" "$(field p99_ms "$out")" "$(field errors "$out")"
+  done
+done
+
+APP_HOST=3000-pub1.preview.localhost
+echo "scenario 5: WebSockets, 5,000 idle tunnels, then 64 connections echoing"
+NGINX_APPS=$(cat /tmp/bench-nginx-apps.pid)
+out=$("$BIN/examples/bench_client" ws-idle 127.0.0.1:18089 $APP_HOST 5000 "$APPS_PID")
+row 5idle preview-proxy "$(field kib_per_tunnel "$out")" "$(field tunnels "$out")" "$(field errors "$out")"
+out=$("$BIN/examples/bench_client" ws-idle 127.0.0.1:18087 $APP_HOST 5000 "$NGINX_APPS" $(pgrep -P "$NGINX_APPS"))
+row 5idle nginx "$(field kib_per_tunnel "$out")" "$(field tunnels "$out")" "$(field errors "$out")"
+for _ in $(seq "$ROUNDS"); do
+  for t in direct:18088 nginx:18087 preview-proxy:18089; do
+    out=$("$BIN/examples/bench_client" ws-echo 127.0.0.1:${t#*:} $APP_HOST 64 "${DURATION%s}")
+    row 5echo "${t%%:*}" "$(field msgs_per_s "$out")" 0 "$(field errors "$out")"
+  done
+done
+
+echo "scenario 6: streaming, SSE delivery latency, 1 GiB download and upload"
+for _ in $(seq "$ROUNDS"); do
+  for t in direct:18088 nginx:18087 preview-proxy:18089; do
+    out=$("$BIN/examples/bench_client" sse 127.0.0.1:${t#*:} $APP_HOST 200)
+    row 6sse "${t%%:*}" "$(field p50_ms "$out")" "$(field p99_ms "$out")"
+  done
+done
+GIB=1073741824
+head -c $GIB /dev/zero >"$WORK/1gib"
+BEFORE=$(rss_kb "$APPS_PID"); echo 5 >"/proc/$APPS_PID/clear_refs"
+for _ in $(seq "$BIG_ROUNDS"); do
+  for t in direct:18088 nginx:18087 preview-proxy:18089; do
+    url=http://127.0.0.1:${t#*:}
+    down=$(curl -sS -o /dev/null -w '%{speed_download} %{size_download}' -H "Host: $APP_HOST" "$url/download/$GIB")
+    row 6down "${t%%:*}" "${down% *}" 0 "$([ "${down#* }" = $GIB ] && echo 0 || echo 1)"
+    up=$(curl -sS -w ' %{speed_upload}' -H "Host: $APP_HOST" -T "$WORK/1gib" "$url/upload")
+    row 6up "${t%%:*}" "${up#* }" 0 "$([ "${up% *}" = $GIB ] && echo 0 || echo 1)"
+  done
+done
+PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$APPS_PID/status")
+rm -f "$WORK/1gib"
+
+echo "scenario 7: HTTP/2 with h2load ($H2N requests, 16 connections x 10 streams)"
+for _ in $(seq "$ROUNDS"); do
+  for t in h2c/nginx/http://127.0.0.1:18093 h2c/preview-proxy/http://127.0.0.1:18084 \
+    tls/nginx/https://127.0.0.1:18094 tls/preview-proxy/https://127.0.0.1:18095; do
+    IFS=/ read -r kind name url <<<"$t"
+    out=$(h2load -n "$H2N" -c 16 -m 10 -t 1 -H ":authority: 3000-pub1.preview.localhost" "$url/")
+    rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+    ok=$(echo "$out" | awk '/^status codes:/ {print $3}')
+    row "7$kind" "$name" "$rps" 0 $((H2N - ok))
+  done
+done
+
 echo "scenario 3: cold-cache storm, 10 sandboxes x 1,000 first requests, 50 ms API latency"
 "$BIN/examples/mock_api" 127.0.0.1:18091 http://127.0.0.1:18080 50 2>/dev/null & PIDS+=($!); wait_port 18091
 start_proxy 18086 18091
@@ -103,9 +181,9 @@ STORM=$("$BIN/examples/storm" 127.0.0.1:18086 10 1000 pubstorm)
 COUNTS=$(curl -s http://127.0.0.1:18091/__counts)
 
 # --- report ------------------------------------------------------------------
-python3 - "$RESULTS" "$IDLE_RSS" "$AFTER_RSS" "$STORM" "$COUNTS" "$MODE" <<'PY'
+python3 - "$RESULTS" "$IDLE_RSS" "$AFTER_RSS" "$STORM" "$COUNTS" "$MODE" "$BEFORE" "$PEAK" <<'PY'
 import json, statistics, sys
-path, idle, after, storm, counts, mode = sys.argv[1:7]
+path, idle, after, storm, counts, mode, before, peak = sys.argv[1:9]
 rows = [l.split("\t") for l in open(path).read().splitlines()]
 def summary(scenario):
     names = list(dict.fromkeys(r[1] for r in rows if r[0] == scenario))
@@ -127,6 +205,28 @@ print("\nScenario 2, private sandbox (medians):\n")
 print("| auth | req/s | p99 ms | vs public | errors |\n|---|---:|---:|---:|---:|")
 for n, (rps, p99, err) in s2.items():
     print(f"| {n} | {rps:,.0f} | {p99:.2f} | {rps / pub:.2f}x | {err} |")
+def table(scenario, title, cols, base, fmt):
+    s = summary(scenario)
+    print(f"\n{title}:\n")
+    print("| target | " + " | ".join(cols) + f" | vs {base} | errors |\n|---|" + "---:|" * (len(cols) + 2))
+    for n, (a, b, err) in s.items():
+        vals = fmt(a, b)
+        print(f"| {n} | " + " | ".join(vals) + f" | {a / s[base][0]:.2f}x | {err} |")
+table("4", "Scenario 4, page-load fan-out (medians of rounds; time of one page load)", ["p50 ms", "p99 ms"], "direct",
+      lambda a, b: [f"{a:.2f}", f"{b:.2f}"])
+table("5idle", "Scenario 5, 5,000 idle WebSocket tunnels", ["KiB per tunnel", "tunnels"], "nginx",
+      lambda a, b: [f"{a:.1f}", f"{b:.0f}"])
+table("5echo", "Scenario 5, 64 connections echoing 32-byte messages", ["messages/s"], "nginx",
+      lambda a, b: [f"{a:,.0f}"])
+table("6sse", "Scenario 6, server-sent events, delivery latency", ["p50 ms", "p99 ms"], "direct",
+      lambda a, b: [f"{a:.3f}", f"{b:.3f}"])
+sse = summary("6sse")
+print(f"\nadded SSE latency at p99: preview-proxy {sse['preview-proxy'][1] - sse['direct'][1]:.3f} ms, nginx {sse['nginx'][1] - sse['direct'][1]:.3f} ms")
+table("6down", "Scenario 6, 1 GiB download", ["MB/s"], "nginx", lambda a, b: [f"{a / 1e6:,.0f}"])
+table("6up", "Scenario 6, 1 GiB upload", ["MB/s"], "nginx", lambda a, b: [f"{a / 1e6:,.0f}"])
+print(f"\npreview-proxy peak RSS growth during the 1 GiB transfers: {(int(peak) - int(before)) / 1024:.1f} MiB")
+table("7h2c", "Scenario 7, HTTP/2 cleartext (h2load)", ["req/s"], "nginx", lambda a, b: [f"{a:,.0f}"])
+table("7tls", "Scenario 7, HTTP/2 over TLS (h2load)", ["req/s"], "nginx", lambda a, b: [f"{a:,.0f}"])
 c = json.loads(counts)
 print(f"\nScenario 3, cold-cache storm through the proxy: {storm}")
 print(f"control-plane calls: runner={c.get('runner', 0)} public={c.get('public', 0)}")

@@ -87,6 +87,11 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
         }
     }
 
+    /// Forgets `key` (the stale-if-error copy stays).
+    pub async fn invalidate(&self, key: &str) {
+        self.fresh.invalidate(key).await;
+    }
+
     async fn stale(&self, key: &str) -> Option<V> {
         self.last_good.as_ref()?.get(key).await.map(|t| t.value)
     }

@@ -36,6 +36,12 @@ pub enum ProxyError {
     UpstreamTimeout(Port),
     #[error("upstream failed on port {port}: {detail}")]
     UpstreamFailed { port: Port, detail: String },
+    #[error("sandbox is starting")]
+    SandboxStarting,
+    #[error("sandbox is stopping")]
+    SandboxStopping,
+    #[error("sandbox is {0}")]
+    SandboxNotRunning(String),
 }
 
 impl From<LookupError> for ProxyError {
@@ -54,7 +60,10 @@ impl ProxyError {
             ProxyError::NoRoute | ProxyError::SandboxNotFound => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::BadPath => StatusCode::BAD_REQUEST,
-            ProxyError::ControlPlaneUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ControlPlaneUnavailable(_) | ProxyError::SandboxStarting | ProxyError::SandboxStopping => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::SandboxNotRunning(_) => StatusCode::CONFLICT,
             ProxyError::ControlPlaneInvalid(_)
             | ProxyError::PortNotListening(_)
             | ProxyError::RunnerUnreachable(_)
@@ -76,6 +85,9 @@ impl ProxyError {
             ProxyError::RunnerUnreachable(_) => "RUNNER_UNREACHABLE",
             ProxyError::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
             ProxyError::UpstreamFailed { .. } => "UPSTREAM_ERROR",
+            ProxyError::SandboxStarting => "SANDBOX_STARTING",
+            ProxyError::SandboxStopping => "SANDBOX_STOPPING",
+            ProxyError::SandboxNotRunning(_) => "SANDBOX_NOT_RUNNING",
         }
     }
 
@@ -94,6 +106,9 @@ impl ProxyError {
                 format!("The app on port {port} did not answer in time")
             }
             ProxyError::UpstreamFailed { port, .. } => format!("The app on port {port} failed"),
+            ProxyError::SandboxStarting => "The sandbox is starting".into(),
+            ProxyError::SandboxStopping => "The sandbox is stopping".into(),
+            ProxyError::SandboxNotRunning(_) => "The sandbox is not running".into(),
         }
     }
 
@@ -111,6 +126,9 @@ impl ProxyError {
             ProxyError::RunnerUnreachable(_) => "The machine hosting this sandbox cannot be reached right now. Try again shortly.".into(),
             ProxyError::UpstreamTimeout(port) => format!("The app on port {port} accepted the request but did not answer in time."),
             ProxyError::UpstreamFailed { port, .. } => format!("The app on port {port} closed the connection without a complete answer. Check the app's logs."),
+            ProxyError::SandboxStarting => "The sandbox was stopped and is starting now. This page reloads by itself; other clients should retry after the Retry-After delay. Your app must be started again if it does not start with the sandbox.".into(),
+            ProxyError::SandboxStopping => "The sandbox is stopping. The next request after it has stopped starts it again; this page reloads by itself.".into(),
+            ProxyError::SandboxNotRunning(state) => format!("The sandbox is in state '{state}' and cannot be started from a preview link. Check it in the dashboard or with the SDK."),
         }
     }
 }
@@ -154,6 +172,11 @@ impl ErrorPages {
             page.push_str("</p>\n<p class=\"code\">");
             page.push_str(err.code());
             page.push_str("</p>");
+            if matches!(err, ProxyError::SandboxStarting | ProxyError::SandboxStopping) {
+                page.push_str("\n<meta http-equiv=\"refresh\" content=\"");
+                page.push_str(RETRY_AFTER_SECS);
+                page.push_str("\">");
+            }
             page.push_str(self.tail);
             ("text/html; charset=utf-8", Bytes::from(page))
         } else {
@@ -212,6 +235,9 @@ pub(crate) fn every_error() -> Vec<ProxyError> {
         ProxyError::RunnerUnreachable(String::new()),
         ProxyError::UpstreamTimeout(port),
         ProxyError::UpstreamFailed { port, detail: String::new() },
+        ProxyError::SandboxStarting,
+        ProxyError::SandboxStopping,
+        ProxyError::SandboxNotRunning("error".into()),
     ]
 }
 

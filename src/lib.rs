@@ -19,6 +19,7 @@ pub mod signed_url;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod wake;
 pub mod warning_page;
 
 use bytes::Bytes;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::StatusCode;
 
 /// Proxy error codes, in the order of [`Metrics::errors`].
-const ERROR_CODES: [&str; 10] = [
+const ERROR_CODES: [&str; 13] = [
     "NOT_FOUND",
     "SANDBOX_NOT_FOUND",
     "UNAUTHORIZED",
@@ -18,6 +18,9 @@ const ERROR_CODES: [&str; 10] = [
     "RUNNER_UNREACHABLE",
     "UPSTREAM_TIMEOUT",
     "UPSTREAM_ERROR",
+    "SANDBOX_STARTING",
+    "SANDBOX_STOPPING",
+    "SANDBOX_NOT_RUNNING",
 ];
 
 #[derive(Default)]

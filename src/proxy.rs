@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, SET_COOKIE, UPGRADE};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
 use crate::activity::Activity;
@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::tls::Tls;
 use crate::tunnel::Tunnels;
 use crate::upstream::Pool;
+use crate::wake;
 use crate::warning_page::{self, WarningPage};
 use crate::Body;
 
@@ -335,6 +336,46 @@ impl Proxy {
         if !direct && forward::is_empty_bad_gateway(&resp) {
             return Err(ProxyError::PortNotListening(port));
         }
+        let mut lease = Some(lease);
+        if !direct {
+            let read_body = match wake::inspect(resp.status(), resp.headers()) {
+                wake::Verdict::Pass => false,
+                wake::Verdict::NotRunning => {
+                    if let Some(err) = wake::wake(&self.control_plane, &sandbox_id, !skip_activity).await {
+                        return Err(err);
+                    }
+                    false
+                }
+                wake::Verdict::ReadBody => true,
+            };
+            if read_body {
+                // A small JSON error: the runner's own "not running" errors
+                // look like this. Read it, then pass it on unchanged.
+                let (parts, body) = resp.into_parts();
+                let body = tokio::time::timeout(self.config.upstream_timeout, body.collect())
+                    .await
+                    .map_err(|_| ProxyError::UpstreamTimeout(port))?
+                    .map_err(|e| ProxyError::UpstreamFailed { port, detail: e.to_string() })?
+                    .to_bytes();
+                if let Some(lease) = lease.take() {
+                    lease.release();
+                }
+                if wake::says_not_running(&body) {
+                    if let Some(err) = wake::wake(&self.control_plane, &sandbox_id, !skip_activity).await {
+                        return Err(err);
+                    }
+                }
+                let mut resp = Response::from_parts(parts, Either::Right(Full::new(body)));
+                forward::remove_hop_by_hop(resp.headers_mut());
+                if let Some(cookie) = set_cookie {
+                    resp.headers_mut().append(SET_COOKIE, cookie);
+                }
+                if !skip_activity {
+                    self.activity.touch(&sandbox_id);
+                }
+                return Ok(resp);
+            }
+        }
         forward::prepare_response_headers(&mut resp);
         if let Dest::Toolbox { sandbox_id, .. } = &dest {
             if resp.status().is_redirection() {
@@ -361,7 +402,7 @@ impl Proxy {
                 return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None, None))));
             }
         }
-        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, Some(lease), guard))))
+        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, lease, guard))))
     }
 
     /// Routes on hosts that are not preview hosts.

@@ -22,6 +22,11 @@ const ATTEMPTS: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_millis(150);
 const BACKOFF_CAP: Duration = Duration::from_secs(1);
 const CACHE_CAPACITY: u64 = 100_000;
+/// A sandbox's state is asked again after this (a page's fan-out of failing
+/// requests makes one lookup).
+const STATE_TTL: Duration = Duration::from_secs(2);
+/// At most one start request per sandbox in this time.
+const START_INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct DaytonaApi {
     http: reqwest::Client,
@@ -42,6 +47,11 @@ pub struct DaytonaApi {
     access: ReadThrough<bool>,
     /// Signed token and port to sandbox id (`None`: invalid or expired).
     signed: ReadThrough<Option<Arc<str>>>,
+    /// Sandbox state (`started`, `stopped`, ...), asked only when a runner
+    /// says the sandbox is not running.
+    states: ReadThrough<Arc<str>>,
+    /// Start requests made, so each sandbox is started once.
+    starts: ReadThrough<()>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +86,8 @@ impl DaytonaApi {
             tokens: ReadThrough::new(CACHE_CAPACITY, None),
             access: ReadThrough::new(CACHE_CAPACITY, None),
             signed: ReadThrough::new(CACHE_CAPACITY, None),
+            states: ReadThrough::new(CACHE_CAPACITY, None),
+            starts: ReadThrough::new(CACHE_CAPACITY, None),
         })
     }
 
@@ -158,6 +170,54 @@ impl DaytonaApi {
                 let id = parse_sandbox_id(&body)
                     .ok_or_else(|| LookupError::Invalid("signed-token lookup returned no usable sandbox id".into()))?;
                 Ok((Some(id), self.valid_ttl))
+            })
+            .await
+    }
+
+    /// `GET /sandbox/{id}`: the sandbox's state, lower case.
+    pub async fn state(&self, sandbox_id: &str) -> Result<Arc<str>, LookupError> {
+        self.states
+            .get(sandbox_id, || async {
+                #[derive(Deserialize)]
+                struct SandboxJson {
+                    state: String,
+                }
+                let path = format!("/sandbox/{}", segment(sandbox_id));
+                let (status, body) = self.call(&path, "sandbox state lookup", &self.auth, None).await?;
+                if status == StatusCode::NOT_FOUND {
+                    return Err(LookupError::NotFound);
+                }
+                if !status.is_success() {
+                    return Err(LookupError::Invalid(format!(
+                        "sandbox state lookup answered {status}: {}",
+                        api_message(&body)
+                    )));
+                }
+                let sandbox: SandboxJson = serde_json::from_slice(&body)
+                    .map_err(|_| LookupError::Invalid("sandbox state lookup returned no state".into()))?;
+                Ok((sandbox.state.to_ascii_lowercase().into(), STATE_TTL))
+            })
+            .await
+    }
+
+    /// `POST /sandbox/{id}/start`, at most once per sandbox per
+    /// [`START_INTERVAL`], however many requests ask. The cached runner and
+    /// state are dropped: a restored sandbox may run elsewhere.
+    pub async fn start(&self, sandbox_id: &str) -> Result<(), LookupError> {
+        self.starts
+            .get(sandbox_id, || async {
+                let path = format!("/sandbox/{}/start", segment(sandbox_id));
+                let (status, body) = self.request(Method::POST, &path, "sandbox start", &self.auth, None).await?;
+                if !status.is_success() {
+                    return Err(LookupError::Invalid(format!(
+                        "sandbox start answered {status}: {}",
+                        api_message(&body)
+                    )));
+                }
+                tracing::info!(sandbox = sandbox_id, "started a stopped sandbox on request");
+                self.runners.invalidate(sandbox_id).await;
+                self.states.invalidate(sandbox_id).await;
+                Ok(((), START_INTERVAL))
             })
             .await
     }

@@ -186,6 +186,8 @@ pub struct MockSandbox {
     /// `proxyUrl` of its runner; `None` answers 404 "Runner not found".
     pub proxy_url: Option<String>,
     pub runner_key: String,
+    /// `state` of `GET /sandbox/{id}`; a start turns `stopped` into `starting`.
+    pub state: String,
 }
 
 #[derive(Default)]
@@ -228,7 +230,12 @@ impl MockApi {
     pub fn add(&self, id: &str, public: bool, proxy_url: Option<&str>) {
         self.state.sandboxes.lock().unwrap().insert(
             id.to_string(),
-            MockSandbox { public, proxy_url: proxy_url.map(str::to_string), runner_key: format!("runner-key-{id}") },
+            MockSandbox {
+                public,
+                proxy_url: proxy_url.map(str::to_string),
+                runner_key: format!("runner-key-{id}"),
+                state: "started".into(),
+            },
         );
     }
 
@@ -246,6 +253,14 @@ impl MockApi {
 
     pub fn revoke_signed(&self, token: &str) {
         self.state.signed.lock().unwrap().remove(token);
+    }
+
+    pub fn set_state(&self, id: &str, state: &str) {
+        self.state.sandboxes.lock().unwrap().get_mut(id).expect("known sandbox").state = state.into();
+    }
+
+    pub fn sandbox_state(&self, id: &str) -> String {
+        self.state.sandboxes.lock().unwrap()[id].state.clone()
     }
 
     /// Last-activity updates received for one sandbox.
@@ -279,6 +294,8 @@ async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Test
         ["preview", _, "access"] => "access",
         ["preview", _, _, "sandbox-id"] => "signed",
         ["sandbox", _, "last-activity"] => "activity",
+        ["sandbox", _, "start"] => "start",
+        ["sandbox", _] => "state",
         _ => "other",
     };
     *state.calls.lock().unwrap().entry(endpoint.to_string()).or_default() += 1;
@@ -319,6 +336,23 @@ async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Test
             *state.activity.lock().unwrap().entry(id.to_string()).or_default() += 1;
             json(201, "{}")
         }
+        ["sandbox", id, "start"] if req.method() == http::Method::POST => {
+            match state.sandboxes.lock().unwrap().get_mut(*id) {
+                Some(s) if s.state == "stopped" || s.state == "archived" => {
+                    s.state = "starting".into();
+                    json(200, "{}")
+                }
+                Some(s) => json(
+                    400,
+                    &format!(r#"{{"statusCode":400,"message":"Sandbox is {}","code":"BAD_REQUEST"}}"#, s.state),
+                ),
+                None => json(404, r#"{"statusCode":404,"message":"Sandbox not found","code":"NOT_FOUND"}"#),
+            }
+        }
+        ["sandbox", id] => match sandbox(id) {
+            Some(s) => json(200, &format!(r#"{{"id":"{id}","state":"{}","runnerId":"r1"}}"#, s.state)),
+            None => json(404, r#"{"statusCode":404,"message":"Sandbox not found","code":"NOT_FOUND"}"#),
+        },
         ["preview", id, "validate", token] => match state.tokens.lock().unwrap().get(*id) {
             Some(t) if t == token => json(200, "true"),
             _ => json(404, r#"{"statusCode":404,"message":"Invalid token","code":"NOT_FOUND"}"#),
