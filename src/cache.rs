@@ -9,6 +9,7 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use crate::control_plane::LookupError;
+use crate::shared_cache::{Shared, SharedCache};
 
 /// A value with the TTL its loader chose.
 #[derive(Clone)]
@@ -38,16 +39,30 @@ pub struct ReadThrough<V> {
     fresh: Cache<String, Timed<V>, Hasher>,
     /// Copies that outlive `fresh` by the stale-if-error window.
     last_good: Option<Cache<String, Timed<V>, Hasher>>,
+    /// The shared second level, this cache's key prefix in it, and how
+    /// long entries found or stored there are kept here.
+    shared: Option<(SharedCache, &'static str, Duration)>,
 }
 
-impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
+impl<V: Shared + Clone + Send + Sync + 'static> ReadThrough<V> {
     /// `stale_if_error`: how long after expiry a value may still answer when
     /// loading fails transiently (`None`: never).
     pub fn new(capacity: u64, stale_if_error: Option<Duration>) -> Self {
         let build = |extra| {
             Cache::builder().max_capacity(capacity).expire_after(PerEntry { extra }).build_with_hasher(Hasher::new())
         };
-        ReadThrough { fresh: build(Duration::ZERO), last_good: stale_if_error.filter(|d| !d.is_zero()).map(build) }
+        ReadThrough {
+            fresh: build(Duration::ZERO),
+            last_good: stale_if_error.filter(|d| !d.is_zero()).map(build),
+            shared: None,
+        }
+    }
+
+    /// Backs the cache with the shared cache under `prefix` (Daytona's key
+    /// prefixes). Local entries then live at most `local_ttl`.
+    pub fn shared(mut self, shared: Option<&SharedCache>, prefix: &'static str, local_ttl: Duration) -> Self {
+        self.shared = shared.map(|s| (s.clone(), prefix, local_ttl));
+        self
     }
 
     /// Returns the cached value or runs `load`, which yields the value and its
@@ -65,8 +80,25 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
         let loaded = self
             .fresh
             .try_get_with_by_ref(key, async {
-                let (value, ttl) = Box::pin(load()).await?;
-                let timed = Timed { value, ttl };
+                let timed = match &self.shared {
+                    None => {
+                        let (value, ttl) = Box::pin(load()).await?;
+                        Timed { value, ttl }
+                    }
+                    Some((shared, prefix, local_ttl)) => {
+                        let shared_key = format!("{prefix}{key}");
+                        let found = shared.get(&shared_key).await.and_then(|(v, left)| Some((V::from_json(v)?, left)));
+                        let (value, ttl) = match found {
+                            Some(hit) => hit,
+                            None => {
+                                let (value, ttl) = Box::pin(load()).await?;
+                                shared.set(shared_key, value.to_json(), ttl);
+                                (value, ttl)
+                            }
+                        };
+                        Timed { value, ttl: ttl.min(*local_ttl) }
+                    }
+                };
                 if let Some(last_good) = &self.last_good {
                     last_good.insert(key.to_string(), timed.clone()).await;
                 }
@@ -101,6 +133,15 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    impl Shared for u32 {
+        fn to_json(&self) -> serde_json::Value {
+            (*self).into()
+        }
+        fn from_json(value: serde_json::Value) -> Option<Self> {
+            value.as_u64()?.try_into().ok()
+        }
+    }
 
     #[tokio::test]
     async fn concurrent_misses_load_once() {

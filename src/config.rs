@@ -166,6 +166,12 @@ pub const SETTINGS: &[Setting] = &[
         help: "port for GET /metrics (Prometheus text), on PROXY_LISTEN_ADDRESS; empty = off",
     },
     Setting {
+        name: "REDIS_HOST",
+        default: "",
+        help: "Redis shared by proxy instances (and the API's cache invalidations); empty = in-process caches only",
+    },
+    Setting { name: "REDIS_PORT", default: "6379", help: "port of REDIS_HOST" },
+    Setting {
         name: "SHUTDOWN_TIMEOUT_SEC",
         default: "3600",
         help: "how long in-flight requests may finish after SIGTERM/SIGINT",
@@ -202,6 +208,8 @@ pub struct Config {
     pub tunnel_idle_timeout: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_port: Option<u16>,
+    /// The shared cache's host and port, when REDIS_HOST is set.
+    pub redis: Option<(String, u16)>,
     /// `Some` when ENABLE_TLS is set.
     pub tls: Option<TlsFiles>,
     pub tls_handshake_timeout: Duration,
@@ -221,6 +229,9 @@ pub struct CacheTtls {
     pub public_ttl: Duration,
     pub valid_credential_ttl: Duration,
     pub invalid_credential_ttl: Duration,
+    /// With a shared cache, how long an instance keeps an entry itself: the
+    /// longest an API-side invalidation takes to reach it.
+    pub shared_local_ttl: Duration,
 }
 
 impl Default for CacheTtls {
@@ -230,6 +241,7 @@ impl Default for CacheTtls {
             public_ttl: Duration::from_secs(3600),
             valid_credential_ttl: Duration::from_secs(120),
             invalid_credential_ttl: Duration::from_secs(5),
+            shared_local_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -317,6 +329,11 @@ impl Config {
             "" => Ok(None),
             v => v.parse::<u16>().map(Some).map_err(|_| "expected a port number 0-65535".into()),
         });
+        let redis_host = s.get("REDIS_HOST", |v| match v.contains(['/', ' ', '@']) {
+            true => Err("expected a host name or IP address".into()),
+            false => Ok(v.to_string()),
+        });
+        let redis_port: u16 = s.get("REDIS_PORT", |v| v.parse().map_err(|_| "expected a port number 0-65535".into()));
         let tls_enabled = s.get("ENABLE_TLS", boolean);
         let cert = s.get_path("TLS_CERT_FILE");
         let key = s.get_path("TLS_KEY_FILE");
@@ -368,6 +385,7 @@ impl Config {
             shutdown_timeout,
             tunnel_idle_timeout,
             metrics_port,
+            redis: (!redis_host.is_empty()).then_some((redis_host, redis_port)),
             tls,
             tls_handshake_timeout,
             tls_reload_interval,

@@ -15,6 +15,7 @@ pub mod host;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod shared_cache;
 pub mod signed_url;
 pub mod tls;
 pub mod tunnel;

@@ -17,6 +17,7 @@ use super::{LookupError, Runner, Target};
 use crate::cache::ReadThrough;
 use crate::config::Config;
 use crate::host::Port;
+use crate::shared_cache::SharedCache;
 
 const ATTEMPTS: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_millis(150);
@@ -52,6 +53,9 @@ pub struct DaytonaApi {
     states: ReadThrough<Arc<str>>,
     /// Start requests made, so each sandbox is started once.
     starts: ReadThrough<()>,
+    activity_dedup: Duration,
+    /// Redis shared by the proxy instances, when configured.
+    shared: Option<SharedCache>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +72,11 @@ impl DaytonaApi {
         let mut auth = HeaderValue::try_from(format!("Bearer {}", config.api_key))
             .map_err(|_| anyhow::anyhow!("PROXY_API_KEY: has characters not allowed in a header"))?;
         auth.set_sensitive(true);
+        let shared = match &config.redis {
+            Some((host, port)) => Some(SharedCache::new(host, *port)?),
+            None => None,
+        };
+        let (shared_ref, local) = (shared.as_ref(), config.cache.shared_local_ttl);
         let http = reqwest::Client::builder()
             .timeout(config.api_client_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
@@ -81,13 +90,19 @@ impl DaytonaApi {
             public_ttl: config.cache.public_ttl,
             valid_ttl: config.cache.valid_credential_ttl,
             invalid_ttl: config.cache.invalid_credential_ttl,
-            public: ReadThrough::new(CACHE_CAPACITY, None),
-            runners: ReadThrough::new(CACHE_CAPACITY, Some(config.stale_if_error)),
-            tokens: ReadThrough::new(CACHE_CAPACITY, None),
-            access: ReadThrough::new(CACHE_CAPACITY, None),
-            signed: ReadThrough::new(CACHE_CAPACITY, None),
+            public: ReadThrough::new(CACHE_CAPACITY, None).shared(shared_ref, "proxy:sandbox-public:", local),
+            runners: ReadThrough::new(CACHE_CAPACITY, Some(config.stale_if_error)).shared(
+                shared_ref,
+                "proxy:sandbox-runner-info:",
+                local,
+            ),
+            tokens: ReadThrough::new(CACHE_CAPACITY, None).shared(shared_ref, "proxy:sandbox-auth-key-valid:", local),
+            access: ReadThrough::new(CACHE_CAPACITY, None).shared(shared_ref, "proxy:sandbox-access-valid:", local),
+            signed: ReadThrough::new(CACHE_CAPACITY, None).shared(shared_ref, "proxy:signed-preview-token:", local),
             states: ReadThrough::new(CACHE_CAPACITY, None),
             starts: ReadThrough::new(CACHE_CAPACITY, None),
+            activity_dedup: config.activity_dedup,
+            shared,
         })
     }
 
@@ -241,7 +256,15 @@ impl DaytonaApi {
     }
 
     /// `POST /sandbox/{id}/last-activity`: keeps the sandbox awake.
+    /// With a shared cache, one update per sandbox per interval across all
+    /// instances.
     pub async fn touch(&self, sandbox_id: &str) -> Result<(), LookupError> {
+        if let Some(shared) = &self.shared {
+            let key = format!("proxy:sandbox-last-activity-update:{sandbox_id}");
+            if shared.claim(&key, self.activity_dedup).await == Some(false) {
+                return Ok(());
+            }
+        }
         let path = format!("/sandbox/{}/last-activity", segment(sandbox_id));
         let (status, body) = self.request(Method::POST, &path, "last-activity update", &self.auth, None).await?;
         if status.is_success() {
@@ -316,7 +339,7 @@ fn api_message(body: &[u8]) -> String {
 /// tokens) and a SHA-256 of the secret, so raw secrets are not kept as keys.
 fn credential_key(scope: &str, secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
-    format!("{scope}\n{}", URL_SAFE_NO_PAD.encode(digest))
+    format!("{scope}:{}", URL_SAFE_NO_PAD.encode(digest))
 }
 
 /// The sandbox id in a `sandbox-id` answer: plain text or a JSON string.
