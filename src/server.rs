@@ -118,6 +118,10 @@ pub fn run_workers(config: Config, workers: usize) -> anyhow::Result<()> {
     // first worker's runtime.
     let proxy = main_rt.block_on(async { Proxy::new(config) })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = {
+        let _runtime = main_rt.enter();
+        shutdown_signal()?
+    };
     tracing::info!(address = %bound, workers, "preview-proxy listening");
 
     let mut threads = Vec::new();
@@ -154,7 +158,7 @@ pub fn run_workers(config: Config, workers: usize) -> anyhow::Result<()> {
             tokio::spawn(serve_metrics(listener, proxy.clone()));
         }
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signal.await;
             let _ = stop.send(true);
         });
         let mut stopped = stopped.clone();
@@ -222,24 +226,17 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM and SIGINT, caught from the moment this returns (so a signal
+/// that arrives while the workers start is not fatal). Must be called
+/// inside a runtime; the future completes on the first signal.
+pub fn shutdown_signal() -> io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    })
 }

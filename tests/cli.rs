@@ -131,7 +131,7 @@ fn sigterm_and_wait(mut running: Running) -> std::process::ExitStatus {
 #[tokio::test]
 async fn runs_for_real_and_stops_on_sigterm() {
     let app = common::App::start().await;
-    let (child, addr, _log, _dir) =
+    let (child, addr, log, _dir) =
         spawn_proxy("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n", "info").await;
 
     let client = common::client();
@@ -145,7 +145,7 @@ async fn runs_for_real_and_stops_on_sigterm() {
     assert_eq!(app.last().target, "/hello?x=1");
 
     let status = tokio::task::spawn_blocking(move || sigterm_and_wait(child)).await.unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "{status:?}; log: {}", log.lock().unwrap());
 }
 
 #[tokio::test]
@@ -184,7 +184,7 @@ async fn credentials_and_signed_hosts_never_reach_the_logs() {
         client.request(req.body(common::empty()).unwrap()).await.unwrap();
     }
     let status = tokio::task::spawn_blocking(move || sigterm_and_wait(child)).await.unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "{status:?}; log: {}", log.lock().unwrap());
     let log = log.lock().unwrap().clone();
     assert!(log.contains("request failed"), "the 502 was logged: {log}");
     for secret in [
