@@ -82,11 +82,10 @@ impl Lease {
 enum Failure {
     Connect(BoxError),
     /// The connection failed; `unsent` is the request when it provably never
-    /// left, `reused` whether the connection came from the pool.
+    /// left.
     Request {
         error: hyper::Error,
         unsent: Option<Box<Request<RequestBody>>>,
-        reused: bool,
     },
 }
 
@@ -108,8 +107,10 @@ impl Pool {
     /// Sends the request and waits for the response head, within `timeout`.
     /// A request that provably never left is sent again on a new connection;
     /// one that may have left is sent again only when it is safe to replay
-    /// (idempotent, no body, not an upgrade) and the connection was a pooled
-    /// one the upstream had closed.
+    /// (idempotent, no body, not an upgrade) and the upstream closed the
+    /// connection without answering: a pooled connection gone stale, or an
+    /// upstream over its connection limit closing new ones (nginx retries
+    /// idempotent requests alike).
     pub async fn send(
         &self,
         req: Request<RequestBody>,
@@ -117,34 +118,9 @@ impl Pool {
         port: Port,
         direct: bool,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        let attempt = async {
-            let replay = replayable(&req).then(|| copy_head(&req));
-            let (again, error) = match self.send_once(req, true).await {
-                Ok(ok) => return Ok(ok),
-                Err(Failure::Request { unsent: Some(req), error, .. }) => (*req, error),
-                Err(Failure::Request { error, reused: true, .. }) if is_stale(&error) && replay.is_some() => {
-                    (replay.expect("checked"), error)
-                }
-                Err(failure) => return Err(failure),
-            };
-            tracing::debug!(%error, "stale upstream connection; retrying once");
-            self.send_once(again, false).await
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(ok)) => Ok(ok),
-            Ok(Err(failure)) => Err(classify(failure, port, direct)),
-            Err(_) => Err(ProxyError::UpstreamTimeout(port)),
-        }
-    }
-
-    async fn send_once(&self, req: Request<RequestBody>, pooled: bool) -> Result<(Response<Incoming>, Lease), Failure> {
-        let key = Key {
-            https: req.uri().scheme() == Some(&Scheme::HTTPS),
-            authority: req.uri().authority().cloned().ok_or_else(|| Failure::Connect("no upstream host".into()))?,
-        };
-        let (mut sender, reused) = match pooled.then(|| self.checkout(&key)).flatten() {
-            Some(sender) => (sender, true),
-            None => (self.connect(req.uri()).await?, false),
+        let key = match req.uri().authority() {
+            Some(authority) => Key { https: req.uri().scheme() == Some(&Scheme::HTTPS), authority: authority.clone() },
+            None => return Err(classify(Failure::Connect("no upstream host".into()), port, direct)),
         };
         let mut req = req;
         if !req.headers().contains_key(HOST) {
@@ -153,12 +129,43 @@ impl Pool {
             }
         }
         *req.uri_mut() = origin_form(req.uri());
-        let reused = reused && ready(&mut sender).await;
+        let attempt = async {
+            let replay = replayable(&req).then(|| copy_head(&req));
+            let (again, error) = match self.send_once(&key, req, true).await {
+                Ok(ok) => return Ok(ok),
+                Err(Failure::Request { unsent: Some(req), error, .. }) => (*req, error),
+                Err(Failure::Request { error, .. }) if is_stale(&error) && replay.is_some() => {
+                    (replay.expect("checked"), error)
+                }
+                Err(failure) => return Err(failure),
+            };
+            tracing::debug!(%error, "stale upstream connection; retrying once");
+            self.send_once(&key, again, false).await
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(ok)) => Ok(ok),
+            Ok(Err(failure)) => Err(classify(failure, port, direct)),
+            Err(_) => Err(ProxyError::UpstreamTimeout(port)),
+        }
+    }
+
+    /// One try on one connection; `req` is in origin form (its target is
+    /// `key`), so a request handed back unsent can go again as it is.
+    async fn send_once(
+        &self,
+        key: &Key,
+        req: Request<RequestBody>,
+        pooled: bool,
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        let mut sender = match pooled.then(|| self.checkout(key)).flatten() {
+            Some(sender) => sender,
+            None => self.connect(key).await?,
+        };
+        // A connection that closed meanwhile hands the request back unsent.
+        ready(&mut sender).await;
         match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, Lease { sender, key, idle: self.idle.clone() })),
-            Err(mut e) => {
-                Err(Failure::Request { unsent: e.take_message().map(Box::new), error: e.into_error(), reused })
-            }
+            Ok(resp) => Ok((resp, Lease { sender, key: key.clone(), idle: self.idle.clone() })),
+            Err(mut e) => Err(Failure::Request { unsent: e.take_message().map(Box::new), error: e.into_error() }),
         }
     }
 
@@ -179,13 +186,16 @@ impl Pool {
         None
     }
 
-    async fn connect(&self, uri: &http::Uri) -> Result<Sender, Failure> {
-        let io = self.connector.clone().call(uri.clone()).await.map_err(Failure::Connect)?;
-        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|e| Failure::Request {
-            error: e,
-            unsent: None,
-            reused: false,
-        })?;
+    async fn connect(&self, key: &Key) -> Result<Sender, Failure> {
+        let uri = http::Uri::builder()
+            .scheme(if key.https { Scheme::HTTPS } else { Scheme::HTTP })
+            .authority(key.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| Failure::Connect(e.into()))?;
+        let io = self.connector.clone().call(uri).await.map_err(Failure::Connect)?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(io).await.map_err(|e| Failure::Request { error: e, unsent: None })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
@@ -195,13 +205,10 @@ impl Pool {
     }
 }
 
-/// Waits until a pooled connection has finished its previous exchange; false
-/// when it closed instead (the request then fails unsent and goes again).
-fn ready(sender: &mut Sender) -> impl Future<Output = bool> + '_ {
-    std::future::poll_fn(move |cx| match sender.poll_ready(cx) {
-        std::task::Poll::Ready(r) => std::task::Poll::Ready(r.is_ok()),
-        std::task::Poll::Pending => std::task::Poll::Pending,
-    })
+/// Waits until a pooled connection has finished its previous exchange (or
+/// closed: the request then fails unsent and goes again).
+fn ready(sender: &mut Sender) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| sender.poll_ready(cx).map(|_| ()))
 }
 
 /// The request line's target: path and query, as received.
@@ -229,8 +236,8 @@ fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
     copy
 }
 
-/// The connection broke before any response: the upstream closed a pooled
-/// connection as the request went out.
+/// The connection broke before any response: the upstream closed it as the
+/// request went out (stale in the pool, or closed at accept).
 fn is_stale(err: &hyper::Error) -> bool {
     if err.is_incomplete_message() || err.is_canceled() {
         return true;

@@ -234,6 +234,52 @@ async fn stale_pooled_connection_is_retried_only_when_safe() {
     assert_eq!(*seen.lock().unwrap(), ["POST /pay HTTP/1.1"]);
 }
 
+/// An upstream over its connection limit (nginx past `worker_connections`)
+/// closes new connections at once. A request handed back unsent goes again
+/// on a new connection, with its target intact.
+#[tokio::test]
+async fn a_connection_closed_at_accept_costs_no_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (a, s) = (accepted.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                drop(stream);
+                continue;
+            }
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).await.unwrap();
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).await.unwrap();
+                if h == "\r\n" {
+                    break;
+                }
+                headers.push(h.trim().to_ascii_lowercase());
+            }
+            s.lock().unwrap().push((line.trim().to_string(), headers));
+            reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+        }
+    });
+    let (config, _dir, _) = registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    let proxy = TestProxy::start(config).await;
+    let host = format!("{}-demo.preview.localhost", addr.port());
+    let a = get(&proxy, &host, "/p%2Fq?x=1").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.text(), "ok");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "sent once: {seen:?}");
+    assert_eq!(seen[0].0, "GET /p%2Fq?x=1 HTTP/1.1");
+    assert!(seen[0].1.contains(&format!("host: 127.0.0.1:{}", addr.port())), "{:?}", seen[0].1);
+}
+
 #[tokio::test]
 async fn upstream_connections_are_reused_once_a_response_is_read() {
     let runner = App::start().await;
