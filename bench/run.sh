@@ -44,8 +44,8 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 P=$ROOT/bench/peers
 nginx -c "$P/upstream-nginx.conf" & wait_port 18080
 nginx -c "$P/nginx-proxy.conf" & wait_port 18081
-haproxy -f "$P/haproxy.cfg" >/dev/null 2>&1 & PIDS+=($!); wait_port 18082
-caddy run --config "$P/Caddyfile" --adapter caddyfile >/dev/null 2>&1 & PIDS+=($!); wait_port 18083
+haproxy -f "$P/haproxy.cfg" >/dev/null 2>&1 & HAPROXY_PID=$!; PIDS+=($!); wait_port 18082
+caddy run --config "$P/Caddyfile" --adapter caddyfile >/dev/null 2>&1 & CADDY_PID=$!; PIDS+=($!); wait_port 18083
 "$BIN/examples/mock_api" 127.0.0.1:18090 http://127.0.0.1:18080 0 2>/dev/null & PIDS+=($!); wait_port 18090
 
 start_proxy() { # port api-port [env...] -> pid in PROXY_PID
@@ -75,13 +75,27 @@ nginx -c "$WORK/nginx-h2.conf" & wait_port 18094
 start_proxy 18095 18090 ENABLE_TLS=true TLS_CERT_FILE="$WORK/preview.localhost.crt" TLS_KEY_FILE="$WORK/preview.localhost.key"
 
 # --- measuring ---------------------------------------------------------------
-# run_wrk SCENARIO NAME URL [wrk args...]: one wrk run, one line in RESULTS.
+# cpu_ticks PID...: user and system clock ticks of every thread of PIDs.
+cpu_ticks() {
+  local u=0 s=0 f
+  for pid in "$@"; do
+    for f in /proc/"$pid"/task/*/stat; do
+      read -r -a st < <(cut -d')' -f2 "$f" 2>/dev/null) || continue
+      u=$((u + st[11])); s=$((s + st[12]))
+    done
+  done
+  echo "$u $s"
+}
+# run_wrk SCENARIO NAME URL [wrk args...]: one wrk run, one line in RESULTS;
+# with CPU_PIDS set, also the CPU those processes spent per request.
 run_wrk() {
   local scenario=$1 name=$2 url=$3; shift 3
+  local before; before=$(cpu_ticks ${CPU_PIDS:-})
   local out; out=$(wrk -t1 -c64 -d"$DURATION" --latency "$@" "$url")
-  python3 - "$scenario" "$name" "$out" >>"$RESULTS" <<'PY'
+  local after; after=$(cpu_ticks ${CPU_PIDS:-})
+  python3 - "$scenario" "$name" "$out" "$before" "$after" "$(getconf CLK_TCK)" >>"$RESULTS" <<'PY'
 import re, sys
-scenario, name, out = sys.argv[1:4]
+scenario, name, out, before, after, tick = sys.argv[1:7]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 v, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
 p99 = float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
@@ -90,6 +104,11 @@ errors = int(m.group(1)) if m else 0
 m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
 errors += sum(map(int, m.groups())) if m else 0
 print(f"{scenario}\t{name}\t{rps:.0f}\t{p99:.2f}\t{errors}")
+requests = int(re.search(r"(\d+) requests in", out).group(1))
+(u0, s0), (u1, s1) = (map(int, before.split()), map(int, after.split()))
+if u1 + s1 > u0 + s0:
+    us = 1e6 / int(tick) / requests
+    print(f"{scenario}cpu\t{name}\t{(u1 - u0) * us:.2f}\t{(s1 - s0) * us:.2f}\t0")
 PY
 }
 
@@ -97,10 +116,10 @@ HOST='Host: 3000-pub1.preview.localhost'
 echo "scenario 1: keep-alive throughput, small body ($ROUNDS rounds of $DURATION)"
 for _ in $(seq "$ROUNDS"); do
   run_wrk 1 direct http://127.0.0.1:18080/ -H "$HOST"
-  run_wrk 1 nginx http://127.0.0.1:18081/ -H "$HOST"
-  run_wrk 1 haproxy http://127.0.0.1:18082/ -H "$HOST"
-  run_wrk 1 caddy http://127.0.0.1:18083/ -H "$HOST"
-  run_wrk 1 preview-proxy http://127.0.0.1:18084/ -H "$HOST"
+  CPU_PIDS=$(pgrep -P "$(cat /tmp/bench-nginx.pid)" | xargs) run_wrk 1 nginx http://127.0.0.1:18081/ -H "$HOST"
+  CPU_PIDS=$HAPROXY_PID run_wrk 1 haproxy http://127.0.0.1:18082/ -H "$HOST"
+  CPU_PIDS=$CADDY_PID run_wrk 1 caddy http://127.0.0.1:18083/ -H "$HOST"
+  CPU_PIDS=$MAIN_PID run_wrk 1 preview-proxy http://127.0.0.1:18084/ -H "$HOST"
 done
 AFTER_RSS=$(rss_kb "$MAIN_PID")
 
@@ -175,15 +194,20 @@ for _ in $(seq "$ROUNDS"); do
 done
 
 echo "scenario 3: cold-cache storm, 10 sandboxes x 1,000 first requests, 50 ms API latency"
-"$BIN/examples/mock_api" 127.0.0.1:18091 http://127.0.0.1:18080 50 2>/dev/null & PIDS+=($!); wait_port 18091
+# The app is examples/bench_app (no connection limit; the upstream nginx
+# refuses beyond its worker_connections). Floor: the storm straight at the
+# app. Peer: nginx in front of it (no lookups to make).
+"$BIN/examples/mock_api" 127.0.0.1:18091 http://127.0.0.1:18088 50 2>/dev/null & PIDS+=($!); wait_port 18091
 start_proxy 18086 18091
+STORM_DIRECT=$("$BIN/examples/storm" 127.0.0.1:18088 10 1000 pubstorm)
+STORM_NGINX=$("$BIN/examples/storm" 127.0.0.1:18087 10 1000 pubstorm)
 STORM=$("$BIN/examples/storm" 127.0.0.1:18086 10 1000 pubstorm)
 COUNTS=$(curl -s http://127.0.0.1:18091/__counts)
 
 # --- report ------------------------------------------------------------------
-python3 - "$RESULTS" "$IDLE_RSS" "$AFTER_RSS" "$STORM" "$COUNTS" "$MODE" "$BEFORE" "$PEAK" <<'PY'
+python3 - "$RESULTS" "$IDLE_RSS" "$AFTER_RSS" "$STORM" "$COUNTS" "$MODE" "$BEFORE" "$PEAK" "$STORM_DIRECT" "$STORM_NGINX" <<'PY'
 import json, statistics, sys
-path, idle, after, storm, counts, mode, before, peak = sys.argv[1:9]
+path, idle, after, storm, counts, mode, before, peak, storm_direct, storm_nginx = sys.argv[1:11]
 rows = [l.split("\t") for l in open(path).read().splitlines()]
 def summary(scenario):
     names = list(dict.fromkeys(r[1] for r in rows if r[0] == scenario))
@@ -212,6 +236,8 @@ def table(scenario, title, cols, base, fmt):
     for n, (a, b, err) in s.items():
         vals = fmt(a, b)
         print(f"| {n} | " + " | ".join(vals) + f" | {a / s[base][0]:.2f}x | {err} |")
+table("1cpu", "Scenario 1, CPU the proxy spent per request (all its threads; medians of rounds)",
+      ["user us", "system us"], "nginx", lambda a, b: [f"{a:.2f}", f"{b:.2f}"])
 table("4", "Scenario 4, page-load fan-out (medians of rounds; time of one page load)", ["p50 ms", "p99 ms"], "direct",
       lambda a, b: [f"{a:.2f}", f"{b:.2f}"])
 table("5idle", "Scenario 5, 5,000 idle WebSocket tunnels", ["KiB per tunnel", "tunnels"], "nginx",
@@ -229,6 +255,8 @@ table("7h2c", "Scenario 7, HTTP/2 cleartext (h2load)", ["req/s"], "nginx", lambd
 table("7tls", "Scenario 7, HTTP/2 over TLS (h2load)", ["req/s"], "nginx", lambda a, b: [f"{a:,.0f}"])
 c = json.loads(counts)
 print(f"\nScenario 3, cold-cache storm through the proxy: {storm}")
+print(f"the same storm straight at the app (floor): {storm_direct}")
+print(f"the same storm through nginx (no lookups): {storm_nginx}")
 print(f"control-plane calls: runner={c.get('runner', 0)} public={c.get('public', 0)}")
 print(f"\nScenario 8, memory: idle RSS {int(idle) / 1024:.1f} MiB, after scenario 1 {int(after) / 1024:.1f} MiB")
 PY
