@@ -9,6 +9,8 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use crate::control_plane::LookupError;
+use serde_json::Value;
+
 use crate::shared_cache::{Shared, SharedCache};
 
 /// A value with the TTL its loader chose.
@@ -39,12 +41,21 @@ pub struct ReadThrough<V> {
     fresh: Cache<String, Timed<V>, Hasher>,
     /// Copies that outlive `fresh` by the stale-if-error window.
     last_good: Option<Cache<String, Timed<V>, Hasher>>,
-    /// The shared second level, this cache's key prefix in it, and how
-    /// long entries found or stored there are kept here.
-    shared: Option<(SharedCache, &'static str, Duration)>,
+    shared: Option<SharedLevel<V>>,
 }
 
-impl<V: Shared + Clone + Send + Sync + 'static> ReadThrough<V> {
+/// The shared second level behind one cache.
+struct SharedLevel<V> {
+    cache: SharedCache,
+    /// This cache's key prefix there (Daytona's).
+    prefix: &'static str,
+    /// How long entries found or stored there are kept in-process.
+    local_ttl: Duration,
+    to_json: fn(&V) -> Value,
+    from_json: fn(Value) -> Option<V>,
+}
+
+impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
     /// `stale_if_error`: how long after expiry a value may still answer when
     /// loading fails transiently (`None`: never).
     pub fn new(capacity: u64, stale_if_error: Option<Duration>) -> Self {
@@ -60,8 +71,17 @@ impl<V: Shared + Clone + Send + Sync + 'static> ReadThrough<V> {
 
     /// Backs the cache with the shared cache under `prefix` (Daytona's key
     /// prefixes). Local entries then live at most `local_ttl`.
-    pub fn shared(mut self, shared: Option<&SharedCache>, prefix: &'static str, local_ttl: Duration) -> Self {
-        self.shared = shared.map(|s| (s.clone(), prefix, local_ttl));
+    pub fn shared(mut self, shared: Option<&SharedCache>, prefix: &'static str, local_ttl: Duration) -> Self
+    where
+        V: Shared,
+    {
+        self.shared = shared.map(|cache| SharedLevel {
+            cache: cache.clone(),
+            prefix,
+            local_ttl,
+            to_json: V::to_json,
+            from_json: V::from_json,
+        });
         self
     }
 
@@ -85,18 +105,18 @@ impl<V: Shared + Clone + Send + Sync + 'static> ReadThrough<V> {
                         let (value, ttl) = Box::pin(load()).await?;
                         Timed { value, ttl }
                     }
-                    Some((shared, prefix, local_ttl)) => {
-                        let shared_key = format!("{prefix}{key}");
-                        let found = shared.get(&shared_key).await.and_then(|(v, left)| Some((V::from_json(v)?, left)));
-                        let (value, ttl) = match found {
+                    Some(shared) => {
+                        let shared_key = format!("{}{key}", shared.prefix);
+                        let found = shared.cache.get(&shared_key).await;
+                        let (value, ttl) = match found.and_then(|(v, left)| Some(((shared.from_json)(v)?, left))) {
                             Some(hit) => hit,
                             None => {
                                 let (value, ttl) = Box::pin(load()).await?;
-                                shared.set(shared_key, value.to_json(), ttl);
+                                shared.cache.set(shared_key, (shared.to_json)(&value), ttl);
                                 (value, ttl)
                             }
                         };
-                        Timed { value, ttl: ttl.min(*local_ttl) }
+                        Timed { value, ttl: ttl.min(shared.local_ttl) }
                     }
                 };
                 if let Some(last_good) = &self.last_good {
@@ -133,15 +153,6 @@ impl<V: Shared + Clone + Send + Sync + 'static> ReadThrough<V> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    impl Shared for u32 {
-        fn to_json(&self) -> serde_json::Value {
-            (*self).into()
-        }
-        fn from_json(value: serde_json::Value) -> Option<Self> {
-            value.as_u64()?.try_into().ok()
-        }
-    }
 
     #[tokio::test]
     async fn concurrent_misses_load_once() {

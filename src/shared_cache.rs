@@ -42,12 +42,7 @@ impl SharedCache {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         let query = pipe.get(key).pttl(key).query_async::<(Option<Vec<u8>>, i64)>(&mut conn);
-        let (bytes, pttl) = match tokio::time::timeout(OP_TIMEOUT, query).await {
-            Ok(Ok((Some(bytes), pttl))) if pttl > 0 => (bytes, pttl),
-            Ok(Ok(_)) => return None,
-            Ok(Err(e)) => return failed("get", &e),
-            Err(_) => return failed("get", &"timed out"),
-        };
+        let (Some(bytes), pttl @ 1..) = timed("get", query).await? else { return None };
         let mut wrapped: Value = serde_json::from_slice(&bytes).ok()?;
         Some((wrapped.get_mut("value")?.take(), Duration::from_millis(pttl as u64)))
     }
@@ -60,11 +55,7 @@ impl SharedCache {
         tokio::spawn(async move {
             let mut cmd = redis::cmd("SET");
             let query = cmd.arg(&key).arg(body).arg("PX").arg(millis).query_async::<()>(&mut conn);
-            match tokio::time::timeout(OP_TIMEOUT, query).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failed::<()>("set", &e).unwrap_or(()),
-                Err(_) => failed::<()>("set", &"timed out").unwrap_or(()),
-            }
+            timed("set", query).await;
         });
     }
 
@@ -76,15 +67,18 @@ impl SharedCache {
         let millis = ttl.as_millis().max(1) as u64;
         let mut cmd = redis::cmd("SET");
         let query = cmd.arg(key).arg("1").arg("NX").arg("PX").arg(millis).query_async::<Option<String>>(&mut conn);
-        match tokio::time::timeout(OP_TIMEOUT, query).await {
-            Ok(Ok(set)) => Some(set.is_some()),
-            Ok(Err(e)) => failed("claim", &e),
-            Err(_) => failed("claim", &"timed out"),
-        }
+        timed("claim", query).await.map(|set| set.is_some())
     }
 }
 
-fn failed<T>(op: &str, error: &dyn std::fmt::Display) -> Option<T> {
+/// Runs one Redis operation within `OP_TIMEOUT`; `None` (logged) when it
+/// failed or timed out.
+async fn timed<T>(op: &str, query: impl std::future::Future<Output = redis::RedisResult<T>>) -> Option<T> {
+    let error = match tokio::time::timeout(OP_TIMEOUT, query).await {
+        Ok(Ok(value)) => return Some(value),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
     tracing::debug!(%error, "shared cache {op} failed; using the control plane");
     None
 }
@@ -101,25 +95,6 @@ impl Shared for bool {
     }
     fn from_json(value: Value) -> Option<Self> {
         value.as_bool()
-    }
-}
-
-/// Sandbox states and start markers are not shared (see `wake`).
-impl Shared for Arc<str> {
-    fn to_json(&self) -> Value {
-        Value::String(self.to_string())
-    }
-    fn from_json(value: Value) -> Option<Self> {
-        value.as_str().map(Into::into)
-    }
-}
-
-impl Shared for () {
-    fn to_json(&self) -> Value {
-        Value::Null
-    }
-    fn from_json(_: Value) -> Option<Self> {
-        Some(())
     }
 }
 
