@@ -9,6 +9,7 @@
 //! - `.../download/<bytes>`: streams that many bytes in 64 KiB chunks.
 //!
 //! `cargo run --release --example bench_app -- <listen addr>`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test or tool fails loudly")]
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -14,6 +14,7 @@
 //!     reads server-sent events whose data is their send time (bench_app);
 //!     delivery latency percentiles.
 //! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test or tool fails loudly")]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! each of S new sandboxes at once. Prints latency percentiles and errors.
 //!
 //! `cargo run --release --example storm -- <proxy addr> <sandboxes> <per sandbox> <id prefix>`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test or tool fails loudly")]
 
 use std::time::{Duration, Instant};
 

@@ -1,15 +1,16 @@
 //! Errors on the request path and the answers the proxy makes for them:
 //! an HTML page for browser navigations, JSON otherwise, never empty.
 
+use std::fmt::{self, Write as _};
+
 use bytes::Bytes;
 use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 
-use crate::auth::Denied;
 use crate::control_plane::LookupError;
-use crate::host::Port;
-use crate::Body;
+use crate::http::escape::push_html;
+use crate::http::host::Port;
 
 /// Seconds a client should wait when the control plane is down.
 const RETRY_AFTER_SECS: &str = "5";
@@ -142,6 +143,54 @@ struct ErrorJson<'a> {
     code: &'static str,
 }
 
+/// The methods of SPEC 2, in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Bearer,
+    PreviewTokenHeader,
+    QueryKey,
+    Cookie,
+    SignedUrl,
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthMethod::Bearer => "Authorization: Bearer <API key>",
+            AuthMethod::PreviewTokenHeader => "X-Daytona-Preview-Token header",
+            AuthMethod::QueryKey => "DAYTONA_SANDBOX_AUTH_KEY query parameter",
+            AuthMethod::Cookie => "auth cookie",
+            AuthMethod::SignedUrl => "signed preview URL",
+        })
+    }
+}
+
+/// How one method fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    NotSent,
+    Rejected,
+}
+
+/// Why a request was refused: each method and its outcome, no secrets.
+#[derive(Debug, Clone, Default)]
+pub struct Denied(pub Vec<(AuthMethod, Outcome)>);
+
+impl Denied {
+    pub fn message(&self) -> String {
+        let mut m = String::from("This preview is private or does not exist. Tried: ");
+        for (i, (method, outcome)) in self.0.iter().enumerate() {
+            let outcome = match outcome {
+                Outcome::NotSent => "not sent",
+                Outcome::Rejected => "rejected",
+            };
+            let _ = write!(m, "{}{method} ({outcome})", if i == 0 { "" } else { ", " });
+        }
+        m.push_str(". Send 'Authorization: Bearer <API key>', the header 'X-Daytona-Preview-Token: <token>' or the query parameter DAYTONA_SANDBOX_AUTH_KEY=<token>, or open a valid signed preview URL.");
+        m
+    }
+}
+
 /// Error page template, split once at start-up around the insertion point.
 pub struct ErrorPages {
     head: &'static str,
@@ -152,13 +201,13 @@ const TEMPLATE: &str = include_str!("error_page.html");
 
 impl ErrorPages {
     pub fn new() -> ErrorPages {
-        let (head, tail) = TEMPLATE.split_once("{{content}}").expect("error_page.html has {{content}}");
+        let (head, tail) = TEMPLATE.split_once("{{content}}").unwrap_or((TEMPLATE, ""));
         ErrorPages { head, tail }
     }
 
     /// Renders the answer for `err`: a page when `html` (see [`wants_html`]),
     /// JSON otherwise.
-    pub fn render(&self, err: &ProxyError, html: bool) -> Response<Body> {
+    pub fn render(&self, err: &ProxyError, html: bool) -> Response<Full<Bytes>> {
         let status = err.status();
         let message = err.message();
         let (content_type, body) = if html {
@@ -166,9 +215,9 @@ impl ErrorPages {
             let mut page = String::with_capacity(self.head.len() + self.tail.len() + 512);
             page.push_str(self.head);
             page.push_str("<h1>");
-            push_escaped(&mut page, &title);
+            push_html(&mut page, &title);
             page.push_str("</h1>\n<p>");
-            push_escaped(&mut page, &message);
+            push_html(&mut page, &message);
             page.push_str("</p>\n<p class=\"code\">");
             page.push_str(err.code());
             page.push_str("</p>");
@@ -181,9 +230,9 @@ impl ErrorPages {
             ("text/html; charset=utf-8", Bytes::from(page))
         } else {
             let json = ErrorJson { status_code: status.as_u16(), message: &message, code: err.code() };
-            ("application/json", Bytes::from(serde_json::to_vec(&json).expect("plain struct serialises")))
+            ("application/json", Bytes::from(serde_json::to_vec(&json).unwrap_or_default()))
         };
-        let mut resp = Response::new(Either::Right(Full::new(body)));
+        let mut resp = Response::new(Full::new(body));
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -204,20 +253,6 @@ impl Default for ErrorPages {
 /// Whether the client accepts HTML (a browser navigation).
 pub fn wants_html(headers: &HeaderMap) -> bool {
     headers.get_all(ACCEPT).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("text/html")))
-}
-
-/// Appends `s` with HTML special characters escaped.
-pub fn push_escaped(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
 }
 
 /// One value of every variant, for tests that must cover them all.
@@ -246,7 +281,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    async fn body_text(resp: Response<Body>) -> String {
+    async fn body_text(resp: Response<Full<Bytes>>) -> String {
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
@@ -279,10 +314,18 @@ mod tests {
     }
 
     #[test]
-    fn escapes_html() {
-        let mut s = String::new();
-        push_escaped(&mut s, r#""><script>alert('x')</script>&"#);
-        assert_eq!(s, "&quot;&gt;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;");
+    fn denial_message_names_methods_without_secrets() {
+        let d = Denied(vec![(AuthMethod::Bearer, Outcome::Rejected), (AuthMethod::Cookie, Outcome::NotSent)]);
+        let m = d.message();
+        assert!(m.contains("Authorization: Bearer <API key> (rejected)"), "{m}");
+        assert!(m.contains("auth cookie (not sent)"), "{m}");
+    }
+
+    #[test]
+    fn every_error_code_is_counted() {
+        for e in every_error() {
+            assert!(crate::metrics::ERROR_CODES.contains(&e.code()), "{} is not counted", e.code());
+        }
     }
 
     #[test]

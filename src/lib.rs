@@ -1,30 +1,16 @@
 //! preview-proxy: serves sandbox preview URLs (`<port>-<sandboxId>.<domain>`)
 //! by routing each request to the runner or app that hosts the sandbox.
+//!
+//! Layers, each using only those before it (`scripts/check-layers` checks):
+//! `http`, `file_watch`, `metrics` (leaves) -> `config` -> `control_plane`
+//! -> `error` -> `upstream` -> `pipeline` -> `server` -> the binary.
 
-pub mod activity;
-pub mod auth;
-pub mod auth_cookie;
-pub mod cache;
 pub mod config;
 pub mod control_plane;
-pub mod cors;
 pub mod error;
-pub mod file_stamp;
-pub mod forward;
-pub mod host;
+pub mod file_watch;
+pub mod http;
 pub mod metrics;
-pub mod proxy;
+pub mod pipeline;
 pub mod server;
-pub mod shared_cache;
-pub mod signed_url;
-pub mod tls;
-pub mod tunnel;
 pub mod upstream;
-pub mod wake;
-pub mod warning_page;
-
-use bytes::Bytes;
-use http_body_util::{Either, Full};
-
-/// Response body: the upstream's streamed body, or one the proxy made.
-pub type Body = Either<forward::UpstreamBody, Full<Bytes>>;

@@ -1,10 +1,13 @@
-use std::collections::HashMap;
+//! The command line: parses it, reads the settings, and runs the proxy or
+//! one of its tools. Exit codes: 0 done, 1 failed, 2 bad configuration.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use preview_proxy::config::{settings_help, Config};
-use preview_proxy::{server, signed_url, tls};
+use preview_proxy::config::{settings_from_env, settings_help, Config, ConfigError};
+use preview_proxy::control_plane::{signed_url, unix_now};
+use preview_proxy::server::{self, StartError};
 
 const DEFAULT_CONFIG: &str = "config/proxy.toml";
 
@@ -39,6 +42,7 @@ enum Command {
         token: String,
     },
     /// Write a self-signed development certificate for *.<domain>
+    #[cfg(feature = "dev-cert")]
     DevCert {
         /// Base domain of the preview hosts
         #[arg(long, default_value = "preview.localhost")]
@@ -55,16 +59,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let env: HashMap<String, String> = std::env::vars().collect();
     let path = cli.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
-    let config = match Config::load(&path, cli.config.is_some(), &env) {
+    let loaded = settings_from_env(std::env::vars_os()).and_then(|env| Config::load(&path, cli.config.is_some(), &env));
+    let config = match loaded {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return bad_config(&e),
     };
-    let now = preview_proxy::control_plane::unix_now();
+    let now = unix_now();
     let done = match cli.command {
         None => None,
         Some(Command::SignUrl { sandbox, port, expires_in }) => {
@@ -73,14 +74,17 @@ fn main() -> ExitCode {
         Some(Command::RevokeUrl { token }) => {
             Some(signed_url::revoke(&config, &token, now).map(|()| println!("revoked")))
         }
-        Some(Command::DevCert { domain, out }) => Some(tls::write_dev_certificate(&domain, &out).map(|(c, k)| {
-            println!("wrote {} and {}", c.display(), k.display());
-            println!(
-                "use: ENABLE_TLS=true PROXY_PROTOCOL=https TLS_CERT_FILE={} TLS_KEY_FILE={}",
-                c.display(),
-                k.display()
-            );
-        })),
+        #[cfg(feature = "dev-cert")]
+        Some(Command::DevCert { domain, out }) => {
+            Some(server::tls::write_dev_certificate(&domain, &out).map(|(c, k)| {
+                println!("wrote {} and {}", c.display(), k.display());
+                println!(
+                    "use: ENABLE_TLS=true PROXY_PROTOCOL=https TLS_CERT_FILE={} TLS_KEY_FILE={}",
+                    c.display(),
+                    k.display()
+                );
+            }))
+        }
     };
     if let Some(result) = done {
         return match result {
@@ -95,9 +99,15 @@ fn main() -> ExitCode {
     let workers = config.workers;
     match server::run_workers(config, workers) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(StartError::Config(e)) => bad_config(&e),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {:#}", anyhow::Error::from(e));
             ExitCode::FAILURE
         }
     }
+}
+
+fn bad_config(e: &ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(2)
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::StatusCode;
 
 /// Proxy error codes, in the order of [`Metrics::errors`].
-const ERROR_CODES: [&str; 13] = [
+pub const ERROR_CODES: [&str; 13] = [
     "NOT_FOUND",
     "SANDBOX_NOT_FOUND",
     "UNAUTHORIZED",
@@ -81,12 +81,5 @@ mod tests {
         assert!(text.contains("preview_proxy_responses_total{class=\"5xx\"} 1"));
         assert!(text.contains("preview_proxy_errors_total{code=\"PORT_NOT_LISTENING\"} 1"));
         assert!(text.contains("preview_proxy_tunnels_open 3"));
-    }
-
-    #[test]
-    fn every_error_code_is_counted() {
-        for e in crate::error::every_error() {
-            assert!(ERROR_CODES.contains(&e.code()), "{} is not counted", e.code());
-        }
     }
 }

@@ -1,5 +1,6 @@
 //! Authentication against the mock Daytona API and the embedded registry:
 //! every method, caching, signed URLs, cookies, and what never leaks.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test or tool fails loudly")]
 
 mod common;
 
@@ -395,13 +396,13 @@ async fn registry_answers_every_method() {
 
     // sign-url writes the registry; the running proxy picks it up.
     let now = preview_proxy::control_plane::unix_now();
-    let url = preview_proxy::signed_url::sign(&config, "priv", port, 60, now).unwrap();
+    let url = preview_proxy::control_plane::signed_url::sign(&config, "priv", port, 60, now).unwrap();
     let signed_host = url.trim_start_matches("http://").trim_end_matches('/').replace(":4000", "");
     let token = signed_host.split('.').next().unwrap().split_once('-').unwrap().1.to_string();
     wait_for(|| async { get(&proxy, &signed_host, "/").await.status == 200 }).await;
     let a = get(&proxy, &signed_host, "/x").await;
     let cookie = cookie_pair(&set_cookie(&a));
-    preview_proxy::signed_url::revoke(&config, &token, now).unwrap();
+    preview_proxy::control_plane::signed_url::revoke(&config, &token, now).unwrap();
     wait_for(|| async { get(&proxy, &signed_host, "/").await.status == 401 }).await;
     assert_eq!(send(&proxy, "GET", &signed_host, "/", &[("cookie", &cookie)], empty()).await.status, 200);
     assert!(std::fs::read_to_string(&path).unwrap().contains(&token));

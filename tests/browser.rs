@@ -1,5 +1,6 @@
 //! Browser behaviour: the warning page and its accept endpoint, CORS on
 //! every answer, control headers, last-activity updates, the toolbox route.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test or tool fails loudly")]
 
 mod common;
 
@@ -7,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use preview_proxy::config::Branding;
 use preview_proxy::config::Config;
-use preview_proxy::warning_page::Branding;
 use tokio_tungstenite::tungstenite::Message;
 
 const CHROME: &str =

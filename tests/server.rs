@@ -1,4 +1,5 @@
 //! The server: the proxy's own routes, HTTP/1.1 limits, graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test or tool fails loudly")]
 
 mod common;
 

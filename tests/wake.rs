@@ -1,6 +1,7 @@
 //! Waking stopped sandboxes: a runner that says the sandbox is not running,
 //! the API's state, one start however many requests ask, and the answers
 //! clients get meanwhile.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test or tool fails loudly")]
 
 mod common;
 

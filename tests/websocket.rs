@@ -1,6 +1,7 @@
 //! WebSocket tunnels and streaming: messages both ways, close codes, the
 //! tunnel count, idle timeout, graceful shutdown, client disconnects and
 //! slow clients.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test or tool fails loudly")]
 
 mod common;
 

@@ -13,11 +13,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 
+use super::cache::ReadThrough;
+use super::shared_cache::SharedCache;
 use super::{LookupError, Runner, Target};
-use crate::cache::ReadThrough;
-use crate::config::Config;
-use crate::host::Port;
-use crate::shared_cache::SharedCache;
+use crate::config::{Config, ConfigError};
+use crate::http::escape::segment;
+use crate::http::host::Port;
 
 const ATTEMPTS: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_millis(150);
@@ -67,10 +68,10 @@ struct RunnerJson {
 }
 
 impl DaytonaApi {
-    pub fn new(config: &Config) -> anyhow::Result<DaytonaApi> {
-        let base = config.api_url.clone().ok_or_else(|| anyhow::anyhow!("DAYTONA_API_URL is not set"))?;
+    pub fn new(config: &Config) -> Result<DaytonaApi, ConfigError> {
+        let base = config.api_url.clone().ok_or_else(|| ConfigError::setting("DAYTONA_API_URL", "not set"))?;
         let mut auth = HeaderValue::try_from(format!("Bearer {}", config.api_key))
-            .map_err(|_| anyhow::anyhow!("PROXY_API_KEY: has characters not allowed in a header"))?;
+            .map_err(|_| ConfigError::setting("PROXY_API_KEY", "has characters not allowed in a header"))?;
         auth.set_sensitive(true);
         let shared = match &config.redis {
             Some((host, port)) => Some(SharedCache::new(host, *port)?),
@@ -80,7 +81,8 @@ impl DaytonaApi {
         let http = reqwest::Client::builder()
             .timeout(config.api_client_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
+            .build()
+            .map_err(|e| ConfigError::setting("DAYTONA_API_URL", format!("cannot build the API client: {e}")))?;
         Ok(DaytonaApi {
             http,
             base,
@@ -355,28 +357,9 @@ fn parse_sandbox_id(body: &[u8]) -> Option<Arc<str>> {
     valid.then(|| id.into())
 }
 
-/// Percent-encodes one path segment (everything but unreserved characters).
-pub fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn segment_encodes_everything_but_unreserved() {
-        assert_eq!(segment("abc-123_x.y~"), "abc-123_x.y~");
-        assert_eq!(segment("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
-    }
 
     #[test]
     fn api_message_reads_daytona_errors() {

@@ -1,8 +1,13 @@
 //! The source of truth about sandboxes: the Daytona API (cached) or the
-//! embedded registry file. One enum, two real implementations.
+//! embedded registry file. One enum, two real implementations; the caches
+//! in front of the API, last-activity updates, and signed preview URLs.
 
+pub mod activity;
 pub mod api;
+pub mod cache;
 pub mod registry;
+pub mod shared_cache;
+pub mod signed_url;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
 
-use crate::host::Port;
+use crate::http::host::Port;
 pub use api::DaytonaApi;
 pub use registry::Registry;
 

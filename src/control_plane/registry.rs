@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::file_stamp::{self, stamp};
+use crate::file_watch::{self, stamp};
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
@@ -222,7 +222,7 @@ impl Registry {
     /// Polls the file every `interval` and reloads it when it changes; stops
     /// when the registry is dropped.
     pub fn watch(&self, interval: Duration) {
-        file_stamp::watch(
+        file_watch::watch(
             Arc::downgrade(&self.inner),
             interval,
             |inner: &Inner| stamp(&inner.path),

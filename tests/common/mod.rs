@@ -20,7 +20,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use preview_proxy::config::Config;
-use preview_proxy::proxy::Proxy;
+use preview_proxy::server::Server;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -83,7 +83,7 @@ where
 
 pub struct TestProxy {
     pub addr: SocketAddr,
-    pub proxy: Arc<Proxy>,
+    pub proxy: Arc<Server>,
     shutdown: Option<oneshot::Sender<()>>,
     pub done: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -92,7 +92,7 @@ impl TestProxy {
     pub async fn start(config: Config) -> TestProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(Proxy::new(config).expect("proxy starts"));
+        let proxy = Arc::new(Server::new(config).expect("proxy starts"));
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(preview_proxy::server::run(listener, proxy.clone(), async move {
             let _ = rx.await;

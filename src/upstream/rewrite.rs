@@ -1,39 +1,19 @@
-//! Forwarding to runners and apps (SPEC 6): the upstream URI built byte for
-//! byte with `http::Uri`, hop-by-hop headers dropped, `X-Forwarded-*` set,
-//! bodies streamed, one safe retry on a stale pooled connection, upgrades
-//! tunnelled.
+//! The request and response as the other side must see them (SPEC 6): the
+//! upstream URI built byte for byte with `http::Uri`, hop-by-hop headers
+//! dropped, `X-Forwarded-*` and the runner's credentials set, a toolbox
+//! redirect kept on its route.
 
 use std::net::IpAddr;
 
-use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
-use crate::activity::ActivityGuard;
 use crate::control_plane::Target;
 use crate::error::ProxyError;
-use crate::host::Port;
-use crate::upstream::Lease;
-
-pub const X_DAYTONA_AUTHORIZATION: HeaderName = HeaderName::from_static("x-daytona-authorization");
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Hop-by-hop headers (RFC 9110 7.6.1 and the legacy ones still seen).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
+use crate::http::host::Port;
+use crate::http::path::has_dot_segment;
+use crate::http::{remove_hop_by_hop, X_DAYTONA_AUTHORIZATION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// What a request asks for inside the sandbox.
 #[derive(Clone, Copy, Debug)]
@@ -98,167 +78,16 @@ pub fn prefix_location(headers: &mut HeaderMap, sandbox_id: &str) {
     }
 }
 
-/// The upstream's response body, holding what must live as long as it
-/// streams (the sandbox's activity keep-alive) and the connection it came
-/// on, which goes back to the pool once the body has been read to its end.
-pub struct UpstreamBody {
-    body: Incoming,
-    lease: Option<Lease>,
-    _guard: Option<ActivityGuard>,
-}
-
-impl UpstreamBody {
-    pub fn new(body: Incoming, lease: Option<Lease>, guard: Option<ActivityGuard>) -> UpstreamBody {
-        let mut body = UpstreamBody { body, lease, _guard: guard };
-        if body.body.is_end_stream() {
-            body.release();
-        }
-        body
-    }
-
-    fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
-        }
-    }
-}
-
-impl hyper::body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let frame = std::pin::Pin::new(&mut this.body).poll_frame(cx);
-        match &frame {
-            std::task::Poll::Ready(None) => this.release(),
-            std::task::Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            std::task::Poll::Ready(Some(Err(_))) => this.lease = None,
-            _ => {}
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// Whether a response streams for an unknown time (no `Content-Length`:
-/// server-sent events, chunked streams).
-pub fn is_streaming(resp: &Response<Incoming>) -> bool {
-    !resp.headers().contains_key(header::CONTENT_LENGTH) && !resp.body().is_end_stream()
-}
-
 /// Appends a port's decimal digits.
 fn push_port(out: &mut String, port: Port) {
-    let mut digits = [0u8; 5];
-    let mut n = port.get();
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+    let n = port.get();
+    let mut divisor = 10_000;
+    while divisor > 1 && n < divisor {
+        divisor /= 10;
     }
-    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
-}
-
-/// Whether a path has a `.` or `..` segment, counting `%2e` as a dot,
-/// `\`, `%2f` and `%5c` as separators, and ignoring `;params`.
-pub fn has_dot_segment(path: &str) -> bool {
-    let b = path.as_bytes();
-    let (mut i, mut dots, mut other, mut params) = (0, 0, false, false);
-    loop {
-        let (c, len) = if i < b.len() { decode_at(b, i) } else { (b'/', 1) };
-        match c {
-            b'/' | b'\\' => {
-                if !other && (dots == 1 || dots == 2) {
-                    return true;
-                }
-                if i >= b.len() {
-                    return false;
-                }
-                (dots, other, params) = (0, false, false);
-            }
-            _ if params => {}
-            b';' => params = true,
-            b'.' => dots += 1,
-            _ => other = true,
-        }
-        i += len;
-    }
-}
-
-/// Percent-decodes `s` once (invalid escapes stay as they are).
-pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let (byte, used) = decode_at(b, i);
-        out.push(byte);
-        i += used;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The byte at `i`, percent-decoded, and how many input bytes it used.
-pub(crate) fn decode_at(b: &[u8], i: usize) -> (u8, usize) {
-    if b[i] == b'%' && i + 2 < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-            return ((h * 16 + l) as u8, 3);
-        }
-    }
-    (b[i], 1)
-}
-
-/// Whether the request asks for a protocol upgrade (`Connection` holds the
-/// `upgrade` token, as in Firefox's `keep-alive, Upgrade`).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && has_token(headers, &header::CONNECTION, "upgrade")
-}
-
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// Removes hop-by-hop headers, including those named in `Connection`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names is cheaper than eight lookups, and most
-    // requests carry none of these.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    while divisor > 0 {
+        out.push(char::from(b'0' + ((n / divisor) % 10) as u8));
+        divisor /= 10;
     }
 }
 
@@ -347,6 +176,7 @@ pub const UPSTREAM_VERSION: Version = Version::HTTP_11;
 mod tests {
     use super::*;
     use crate::control_plane::Runner;
+    use crate::http::KEEP_ALIVE;
     use std::sync::Arc;
 
     fn runner() -> Target {
@@ -430,28 +260,6 @@ mod tests {
             push_port(&mut s, Port::parse(&p.to_string()).unwrap());
             assert_eq!(s, p.to_string());
         }
-    }
-
-    #[test]
-    fn dot_segment_table() {
-        let yes = ["/..", "/.", "/a/../b", "/%2e%2e/", "/%2E./", "/a/.;p/b", "\\..\\"];
-        let no = ["/", "/a.b", "/...", "/.well-known/x", "/a..b", "/%2e%2e%2e", "/a/.x", "/file.", "/%2", "/%"];
-        for p in yes {
-            assert!(has_dot_segment(p), "{p}");
-        }
-        for p in no {
-            assert!(!has_dot_segment(p), "{p}");
-        }
-    }
-
-    #[test]
-    fn upgrade_matches_connection_tokens() {
-        let mut h = HeaderMap::new();
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
-        assert!(is_upgrade(&h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        assert!(!is_upgrade(&h));
     }
 
     #[test]

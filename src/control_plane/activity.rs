@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
-use crate::control_plane::ControlPlane;
+use super::ControlPlane;
 
 pub struct Activity {
     control_plane: Arc<ControlPlane>,

@@ -8,9 +8,10 @@ use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_CO
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::auth_cookie::ACCEPTED_COOKIE;
-use crate::error::push_escaped;
-use crate::host::Port;
+use super::auth_cookie::ACCEPTED_COOKIE;
+use crate::config::Branding;
+use crate::http::escape::{form_decode, push_html, segment};
+use crate::http::host::{strip_port, Port};
 
 pub const ACCEPT_PATH: &str = "/accept-daytona-preview-warning";
 pub const X_DAYTONA_SKIP_PREVIEW_WARNING: HeaderName = HeaderName::from_static("x-daytona-skip-preview-warning");
@@ -20,18 +21,6 @@ const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 's
 const BROWSERS: [&str; 9] =
     ["chrome/", "chromium/", "firefox/", "safari/", "edg/", "opr/", "brave", "vivaldi", "samsungbrowser"];
 const TEMPLATE: &str = include_str!("warning_page.html");
-
-/// Branding of the page (custom-domain deployments brand their previews).
-#[derive(Debug, Clone)]
-pub struct Branding {
-    pub product: String,
-    /// An https/http URL of a logo, or empty.
-    pub logo_url: String,
-    /// A CSS hex colour, `#rgb` or `#rrggbb`.
-    pub accent: String,
-    /// Where a worried person can ask, or empty.
-    pub support_url: String,
-}
 
 /// Whether a request gets the warning page instead of the preview.
 pub fn should_warn(method: &Method, headers: &HeaderMap, port: Port, is_upgrade: bool) -> bool {
@@ -53,7 +42,7 @@ pub fn should_warn(method: &Method, headers: &HeaderMap, port: Port, is_upgrade:
     if !BROWSERS.iter().any(|b| ua.contains(b)) {
         return false;
     }
-    crate::auth_cookie::find(headers.get_all(COOKIE).iter(), ACCEPTED_COOKIE).is_none_or(|v| v != "true")
+    super::auth_cookie::find(headers.get_all(COOKIE).iter(), ACCEPTED_COOKIE).is_none_or(|v| v != "true")
 }
 
 /// The page, branded once at start-up.
@@ -66,7 +55,7 @@ impl WarningPage {
     pub fn new(branding: &Branding) -> WarningPage {
         let esc = |s: &str| {
             let mut out = String::new();
-            push_escaped(&mut out, s);
+            push_html(&mut out, s);
             out
         };
         let logo = if branding.logo_url.is_empty() {
@@ -87,16 +76,17 @@ impl WarningPage {
         // A logo needs an image source; the rest of the policy is the contract's.
         let csp =
             if branding.logo_url.is_empty() { CSP.to_string() } else { format!("{CSP}; img-src https: http: data:") };
-        WarningPage { html, csp: HeaderValue::try_from(csp).expect("static policy") }
+        let csp = HeaderValue::try_from(csp).unwrap_or(HeaderValue::from_static(CSP));
+        WarningPage { html, csp }
     }
 
     /// The page for `url` (the full URL the person asked for).
     pub fn render(&self, url: &str) -> Response<Full<Bytes>> {
         let mut shown = String::new();
-        push_escaped(&mut shown, url);
+        push_html(&mut shown, url);
         let mut action = String::from(ACCEPT_PATH);
         action.push_str("?redirect=");
-        push_escaped(&mut action, &crate::control_plane::api::segment(url));
+        push_html(&mut action, &segment(url));
         let body = self.html.replacen("{{url}}", &shown, 1).replacen("{{action}}", &action, 1);
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         let h = resp.headers_mut();
@@ -114,7 +104,7 @@ pub fn accept(query: Option<&str>, host: &str, https: bool) -> Response<Full<Byt
     let target =
         query.and_then(|q| q.split('&').find_map(|p| p.strip_prefix("redirect="))).map(form_decode).unwrap_or_default();
     let location = safe_redirect(&target, host).unwrap_or_else(|| "/".to_string());
-    let domain = crate::host::strip_port(host).trim_end_matches('.').to_ascii_lowercase();
+    let domain = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
     let mut c = Cookie::build((ACCEPTED_COOKIE, "true"))
         .max_age(cookie::time::Duration::seconds(86400))
         .path("/")
@@ -150,13 +140,8 @@ pub fn safe_redirect(target: &str, request_host: &str) -> Option<String> {
         return None;
     }
     let want = request_host.trim_end_matches('.').to_ascii_lowercase();
-    let same = authority == want || (!authority.contains(':') && authority == crate::host::strip_port(&want));
+    let same = authority == want || (!authority.contains(':') && authority == strip_port(&want));
     same.then_some(t)
-}
-
-/// Decodes a form value: `+` is a space, `%XX` a byte.
-fn form_decode(s: &str) -> String {
-    crate::forward::percent_decode(&s.replace('+', " "))
 }
 
 #[cfg(test)]

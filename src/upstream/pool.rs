@@ -22,8 +22,8 @@ use tower_service::Service;
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::forward::is_upgrade;
-use crate::host::Port;
+use crate::http::host::Port;
+use crate::http::is_upgrade;
 
 pub type RequestBody = Either<Incoming, Empty<Bytes>>;
 type Sender = SendRequest<RequestBody>;
@@ -130,13 +130,14 @@ impl Pool {
         }
         *req.uri_mut() = origin_form(req.uri());
         let attempt = async {
-            let replay = replayable(&req).then(|| copy_head(&req));
+            let mut replay = replayable(&req).then(|| copy_head(&req));
             let (again, error) = match self.send_once(&key, req, true).await {
                 Ok(ok) => return Ok(ok),
                 Err(Failure::Request { unsent: Some(req), error, .. }) => (*req, error),
-                Err(Failure::Request { error, .. }) if is_stale(&error) && replay.is_some() => {
-                    (replay.expect("checked"), error)
-                }
+                Err(Failure::Request { error, unsent: None }) if is_stale(&error) => match replay.take() {
+                    Some(copy) => (copy, error),
+                    None => return Err(Failure::Request { error, unsent: None }),
+                },
                 Err(failure) => return Err(failure),
             };
             tracing::debug!(%error, "stale upstream connection; retrying once");

@@ -1,18 +1,18 @@
 //! Authentication (SPEC 2): credentials taken out of the request so none
 //! reaches the sandbox, then every method tried in order before giving up.
 
-use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 
 use http::header::{AUTHORIZATION, COOKIE};
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 
-use crate::auth_cookie::{self, CookieSigner, Grant};
+use super::auth_cookie::{self, CookieSigner, Grant};
 use crate::control_plane::{ControlPlane, LookupError};
-use crate::error::ProxyError;
-use crate::host::Port;
+use crate::error::{AuthMethod, Denied, Outcome, ProxyError};
+use crate::http::escape::percent_decode;
+use crate::http::host::Port;
+use crate::http::{X_DAYTONA_PREVIEW_TOKEN, X_FORWARDED_FOR};
 
-pub const X_DAYTONA_PREVIEW_TOKEN: HeaderName = HeaderName::from_static("x-daytona-preview-token");
 /// Query parameter carrying the preview token (browsers cannot set headers
 /// on `new WebSocket()` or iframes).
 pub const QUERY_KEY: &str = "DAYTONA_SANDBOX_AUTH_KEY";
@@ -75,7 +75,9 @@ fn strip_cookies(headers: &mut http::HeaderMap) {
         match v.to_str() {
             Ok(text) => {
                 if let Some(kept) = auth_cookie::strip_proxy_cookies(text) {
-                    headers.append(COOKIE, HeaderValue::try_from(kept).expect("a subset of a valid header"));
+                    if let Ok(kept) = HeaderValue::try_from(kept) {
+                        headers.append(COOKIE, kept);
+                    }
                 }
             }
             Err(_) => {
@@ -92,57 +94,9 @@ pub fn take_query_key(query: &str) -> Option<(String, String)> {
     let is_key = |pair: &&str| pair.split_once('=').map_or(*pair, |(name, _)| name) == QUERY_KEY;
     // Most queries have no key: find it before building anything.
     let first = query.split('&').find(is_key)?;
-    let value = crate::forward::percent_decode(first.split_once('=').map_or("", |(_, v)| v));
+    let value = percent_decode(first.split_once('=').map_or("", |(_, v)| v));
     let rest = query.split('&').filter(|pair| !is_key(pair)).collect::<Vec<_>>().join("&");
     Some((value, rest))
-}
-
-/// The methods of SPEC 2, in the order they are tried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Bearer,
-    PreviewTokenHeader,
-    QueryKey,
-    Cookie,
-    SignedUrl,
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Method::Bearer => "Authorization: Bearer <API key>",
-            Method::PreviewTokenHeader => "X-Daytona-Preview-Token header",
-            Method::QueryKey => "DAYTONA_SANDBOX_AUTH_KEY query parameter",
-            Method::Cookie => "auth cookie",
-            Method::SignedUrl => "signed preview URL",
-        })
-    }
-}
-
-/// How one method fared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    NotSent,
-    Rejected,
-}
-
-/// Why a request was refused: each method and its outcome, no secrets.
-#[derive(Debug, Clone, Default)]
-pub struct Denied(pub Vec<(Method, Outcome)>);
-
-impl Denied {
-    pub fn message(&self) -> String {
-        let mut m = String::from("This preview is private or does not exist. Tried: ");
-        for (i, (method, outcome)) in self.0.iter().enumerate() {
-            let outcome = match outcome {
-                Outcome::NotSent => "not sent",
-                Outcome::Rejected => "rejected",
-            };
-            let _ = write!(m, "{}{method} ({outcome})", if i == 0 { "" } else { ", " });
-        }
-        m.push_str(". Send 'Authorization: Bearer <API key>', the header 'X-Daytona-Preview-Token: <token>' or the query parameter DAYTONA_SANDBOX_AUTH_KEY=<token>, or open a valid signed preview URL.");
-        m
-    }
 }
 
 /// A successful authentication.
@@ -150,6 +104,8 @@ impl Denied {
 pub struct Granted {
     /// The sandbox to route to (for a signed token, the one it resolves to).
     pub sandbox_id: String,
+    /// The credential that was accepted.
+    pub method: AuthMethod,
     /// The bearer was the accepted credential: remove it before forwarding.
     pub bearer_used: bool,
     /// A cookie to set so the browser's next requests skip the lookup.
@@ -170,7 +126,7 @@ pub async fn authenticate(
     signed: bool,
 ) -> Result<Granted, ProxyError> {
     let client_ip = creds.client_ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let granted = |cookie| Granted { sandbox_id: key.to_string(), bearer_used: false, cookie };
+    let granted = |method, cookie| Granted { sandbox_id: key.to_string(), method, bearer_used: false, cookie };
     let mut denied = Denied::default();
     let mut outage: Option<LookupError> = None;
     let mut note = |method, result: Result<bool, LookupError>, denied: &mut Denied| match result {
@@ -190,36 +146,41 @@ pub async fn authenticate(
 
     match &creds.bearer {
         Some(bearer) => {
-            if note(Method::Bearer, control_plane.has_access(key, bearer, client_ip).await, &mut denied) {
-                return Ok(Granted { bearer_used: true, ..granted(None) });
+            if note(AuthMethod::Bearer, control_plane.has_access(key, bearer, client_ip).await, &mut denied) {
+                return Ok(Granted { bearer_used: true, ..granted(AuthMethod::Bearer, None) });
             }
         }
-        None => denied.0.push((Method::Bearer, Outcome::NotSent)),
+        None => denied.0.push((AuthMethod::Bearer, Outcome::NotSent)),
     }
     match &creds.preview_token {
         Some(token) => {
-            if note(Method::PreviewTokenHeader, control_plane.validate_token(key, token).await, &mut denied) {
-                return Ok(granted(None));
+            if note(AuthMethod::PreviewTokenHeader, control_plane.validate_token(key, token).await, &mut denied) {
+                return Ok(granted(AuthMethod::PreviewTokenHeader, None));
             }
         }
-        None => denied.0.push((Method::PreviewTokenHeader, Outcome::NotSent)),
+        None => denied.0.push((AuthMethod::PreviewTokenHeader, Outcome::NotSent)),
     }
     match &creds.query_key {
         Some(token) => {
-            if note(Method::QueryKey, control_plane.validate_token(key, token).await, &mut denied) {
+            if note(AuthMethod::QueryKey, control_plane.validate_token(key, token).await, &mut denied) {
                 // Browsers sent the key in a URL (iframe, WebSocket): a cookie
                 // lets the page's other requests through without it.
-                return Ok(granted(Some(Grant { sandbox_id: key.to_string(), port: None })));
+                return Ok(granted(AuthMethod::QueryKey, Some(Grant { sandbox_id: key.to_string(), port: None })));
             }
         }
-        None => denied.0.push((Method::QueryKey, Outcome::NotSent)),
+        None => denied.0.push((AuthMethod::QueryKey, Outcome::NotSent)),
     }
     match creds.cookie.as_deref().map(|v| signer.verify(&auth_cookie::cookie_name(key), v, now)) {
         Some(Some(grant)) if grant.port.is_none_or(|p| p == port.get()) => {
-            return Ok(Granted { sandbox_id: grant.sandbox_id, bearer_used: false, cookie: None });
+            return Ok(Granted {
+                sandbox_id: grant.sandbox_id,
+                method: AuthMethod::Cookie,
+                bearer_used: false,
+                cookie: None,
+            });
         }
-        Some(_) => denied.0.push((Method::Cookie, Outcome::Rejected)),
-        None => denied.0.push((Method::Cookie, Outcome::NotSent)),
+        Some(_) => denied.0.push((AuthMethod::Cookie, Outcome::Rejected)),
+        None => denied.0.push((AuthMethod::Cookie, Outcome::NotSent)),
     }
     // Signed tokens are lower-case letters and digits; sandbox ids with a
     // dash (UUIDs) are never looked up as tokens.
@@ -227,14 +188,19 @@ pub async fn authenticate(
         match control_plane.resolve_signed(key, port).await {
             Ok(Some(sandbox_id)) => {
                 let grant = Grant { sandbox_id: sandbox_id.to_string(), port: Some(port.get()) };
-                return Ok(Granted { sandbox_id: sandbox_id.to_string(), bearer_used: false, cookie: Some(grant) });
+                return Ok(Granted {
+                    sandbox_id: sandbox_id.to_string(),
+                    method: AuthMethod::SignedUrl,
+                    bearer_used: false,
+                    cookie: Some(grant),
+                });
             }
             other => {
-                note(Method::SignedUrl, other.map(|_| false), &mut denied);
+                note(AuthMethod::SignedUrl, other.map(|_| false), &mut denied);
             }
         }
     } else {
-        denied.0.push((Method::SignedUrl, Outcome::NotSent));
+        denied.0.push((AuthMethod::SignedUrl, Outcome::NotSent));
     }
 
     match outage {
@@ -250,7 +216,7 @@ pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: impl Fn(IpAdd
         return peer;
     }
     let hops: Vec<IpAddr> = headers
-        .get_all(crate::forward::X_FORWARDED_FOR)
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -281,12 +247,6 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding_tolerates_garbage() {
-        assert_eq!(crate::forward::percent_decode("%41%4a%"), "AJ%");
-        assert_eq!(crate::forward::percent_decode("%zz%4"), "%zz%4");
-    }
-
-    #[test]
     fn credentials_are_taken_out() {
         let mut h = http::HeaderMap::new();
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer api-key"));
@@ -308,18 +268,10 @@ mod tests {
     }
 
     #[test]
-    fn denial_message_names_methods_without_secrets() {
-        let d = Denied(vec![(Method::Bearer, Outcome::Rejected), (Method::Cookie, Outcome::NotSent)]);
-        let m = d.message();
-        assert!(m.contains("Authorization: Bearer <API key> (rejected)"), "{m}");
-        assert!(m.contains("auth cookie (not sent)"), "{m}");
-    }
-
-    #[test]
     fn client_ip_skips_trusted_hops() {
         let trusted = |ip: IpAddr| ip.is_loopback() || matches!(ip, IpAddr::V4(v4) if v4.is_private());
         let mut h = http::HeaderMap::new();
-        h.insert(crate::forward::X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.0.0.2"));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.0.0.2"));
         assert_eq!(client_ip("127.0.0.1".parse().unwrap(), &h, trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
         assert_eq!(
             client_ip("8.8.8.8".parse().unwrap(), &h, trusted),

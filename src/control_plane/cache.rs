@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use moka::Expiry;
 
-use crate::control_plane::LookupError;
+use super::LookupError;
 use serde_json::Value;
 
-use crate::shared_cache::{Shared, SharedCache};
+use super::shared_cache::{Shared, SharedCache};
 
 /// A value with the TTL its loader chose.
 #[derive(Clone)]

@@ -6,12 +6,11 @@
 //! and the client is told to retry; a sandbox on its way up or down gets the
 //! same; a sandbox that cannot come back gets 409.
 
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, StatusCode};
 
 use crate::control_plane::ControlPlane;
 use crate::error::ProxyError;
-
-pub const X_DAYTONA_SANDBOX_STATE: HeaderName = HeaderName::from_static("x-daytona-sandbox-state");
+use crate::http::X_DAYTONA_SANDBOX_STATE;
 
 /// Largest runner error body read to look for its "not running" messages.
 pub const MAX_ERROR_BODY: u64 = 4096;
@@ -54,11 +53,18 @@ pub fn says_not_running(body: &[u8]) -> bool {
     text.contains("is the sandbox started") || text.contains("sandbox container not found")
 }
 
-/// Asks the API what state the sandbox is in and acts on it. `None` when
+/// Asks the API what state the sandbox is in and acts on it. `Ok` when
 /// the sandbox is running after all (or its state is unknown): the runner's
 /// answer then goes to the client. `may_start` is false for requests that
 /// must not keep a sandbox awake (`X-Daytona-Skip-Last-Activity-Update`).
-pub async fn wake(control_plane: &ControlPlane, sandbox_id: &str, may_start: bool) -> Option<ProxyError> {
+pub async fn check(control_plane: &ControlPlane, sandbox_id: &str, may_start: bool) -> Result<(), ProxyError> {
+    match verdict(control_plane, sandbox_id, may_start).await {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+async fn verdict(control_plane: &ControlPlane, sandbox_id: &str, may_start: bool) -> Option<ProxyError> {
     let ControlPlane::Api(api) = control_plane else {
         return None;
     };
@@ -94,7 +100,7 @@ mod tests {
     fn head(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }

@@ -7,9 +7,10 @@ use http::header::{
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD,
     ORIGIN, VARY,
 };
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method};
 
-pub const X_DAYTONA_DISABLE_CORS: HeaderName = HeaderName::from_static("x-daytona-disable-cors");
+use crate::http::X_DAYTONA_DISABLE_CORS;
+
 const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS");
 /// Browsers cache a preflight answer this long (12 h, as Daytona).
 const MAX_AGE: HeaderValue = HeaderValue::from_static("43200");
@@ -79,7 +80,7 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
     }
 
     #[test]

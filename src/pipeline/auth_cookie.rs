@@ -38,7 +38,7 @@ impl CookieSigner {
     /// Derives the signing key from a secret (`AUTH_COOKIE_SECRET`, else
     /// `PROXY_API_KEY`), so the raw API key is never the MAC key.
     pub fn new(secret: &[u8]) -> CookieSigner {
-        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+        let mut mac = hmac(secret);
         mac.update(b"preview-proxy auth cookie v1");
         CookieSigner { key: mac.finalize().into_bytes().into() }
     }
@@ -50,7 +50,7 @@ impl CookieSigner {
 
     /// The MAC binds the cookie's name, so a value cannot move to another key.
     fn mac(&self, name: &str, sandbox_id: &str, port: u16, expires: u64) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = hmac(&self.key);
         mac.update(format!("{name}\n{sandbox_id}\n{port}\n{expires}").as_bytes());
         mac
     }
@@ -113,17 +113,24 @@ pub fn has_proxy_cookie(header: &str) -> bool {
     header.split(';').any(is_proxy_cookie)
 }
 
+/// HMAC-SHA256 keyed with `key`.
+#[allow(clippy::expect_used, reason = "HMAC accepts a key of any length; new_from_slice cannot fail")]
+fn hmac(key: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
+}
+
 /// The `Set-Cookie` value: HttpOnly, Path=/, Max-Age one hour; under https
 /// `Secure; SameSite=None; Partitioned` so private previews work inside
 /// third-party iframes, `SameSite=Lax` under http.
-pub fn set_cookie(name: &str, value: String, domain: &str, https: bool) -> HeaderValue {
+/// `None` when the domain cannot be written into a header.
+pub fn set_cookie(name: &str, value: String, domain: &str, https: bool) -> Option<HeaderValue> {
     let mut c = Cookie::build((name.to_string(), value))
         .http_only(true)
         .path("/")
         .max_age(cookie::time::Duration::seconds(LIFETIME.as_secs() as i64))
         .domain(domain.to_string());
     c = if https { c.secure(true).same_site(SameSite::None).partitioned(true) } else { c.same_site(SameSite::Lax) };
-    HeaderValue::try_from(c.build().to_string()).expect("cookie parts are header-safe")
+    HeaderValue::try_from(c.build().to_string()).ok()
 }
 
 #[cfg(test)]
@@ -198,14 +205,14 @@ mod tests {
 
     #[test]
     fn set_cookie_attributes_follow_the_protocol() {
-        let https = set_cookie("daytona-sandbox-auth-x", "v".into(), ".3000-x.proxy.io", true);
+        let https = set_cookie("daytona-sandbox-auth-x", "v".into(), ".3000-x.proxy.io", true).unwrap();
         let s = https.to_str().unwrap();
         for attr in
             ["HttpOnly", "Path=/", "Max-Age=3600", "Secure", "SameSite=None", "Partitioned", "Domain=3000-x.proxy.io"]
         {
             assert!(s.contains(attr), "{attr} missing in {s}");
         }
-        let http = set_cookie("daytona-sandbox-auth-x", "v".into(), "proxy.io", false);
+        let http = set_cookie("daytona-sandbox-auth-x", "v".into(), "proxy.io", false).unwrap();
         let s = http.to_str().unwrap();
         assert!(s.contains("SameSite=Lax") && !s.contains("Secure") && !s.contains("Partitioned"), "{s}");
     }

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::activity::ActivityGuard;
+use crate::control_plane::activity::ActivityGuard;
 
 /// Per direction. Small, because thousands of mostly idle tunnels are
 /// normal (every open preview tab holds an HMR socket).

@@ -14,7 +14,8 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 
-use crate::control_plane::{Runner, Target};
+use super::{Runner, Target};
+use crate::config::ConfigError;
 
 /// Time limit of one Redis operation.
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -26,14 +27,15 @@ pub struct SharedCache {
 
 impl SharedCache {
     /// Connects lazily: start-up does not wait for Redis.
-    pub fn new(host: &str, port: u16) -> anyhow::Result<SharedCache> {
-        let client =
-            redis::Client::open(format!("redis://{host}:{port}/")).map_err(|e| anyhow::anyhow!("REDIS_HOST: {e}"))?;
+    pub fn new(host: &str, port: u16) -> Result<SharedCache, ConfigError> {
+        let client = redis::Client::open(format!("redis://{host}:{port}/"))
+            .map_err(|e| ConfigError::setting("REDIS_HOST", e))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
             .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| ConfigError::setting("REDIS_HOST", e))?;
         Ok(SharedCache { conn })
     }
 

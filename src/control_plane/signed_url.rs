@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 use toml_edit::{value, ArrayOfTables, DocumentMut, Item, Table};
 
+use super::registry::Snapshot;
 use crate::config::Config;
-use crate::control_plane::registry::Snapshot;
 
 /// Longest lifetime `sign-url` accepts (Daytona's range is 1..=86400 s).
 pub const MAX_EXPIRES_IN: u64 = 86_400;

@@ -13,16 +13,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::file_stamp::{self, stamp, Stamp};
-
-/// Where certificates come from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
-    /// The default pair, served when no other name matches.
-    pub default: Option<(PathBuf, PathBuf)>,
-    /// A directory of `<name>.crt`/`.pem` files, each with `<name>.key`.
-    pub dir: Option<PathBuf>,
-}
+use crate::config::TlsFiles;
+use crate::file_watch::{self, stamp, Stamp};
 
 /// Certificates by name, built from the files.
 #[derive(Default, Debug)]
@@ -105,16 +97,8 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Vec<String>)
 }
 
 fn dns_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("bad certificate: {e}"))?;
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                names.push(dns.to_ascii_lowercase());
-            }
-        }
-    }
-    Ok(names)
+    let cert = webpki::EndEntityCert::try_from(der).map_err(|e| format!("bad certificate: {e}"))?;
+    Ok(cert.valid_dns_names().map(str::to_ascii_lowercase).collect())
 }
 
 /// The SNI resolver rustls asks on every handshake, and the files it
@@ -180,7 +164,7 @@ impl Tls {
     /// `interval`), until the acceptor is dropped. Open connections keep the
     /// certificate they started with.
     pub fn watch(&self, interval: Duration) {
-        file_stamp::watch(
+        file_watch::watch(
             Arc::downgrade(&self.resolver),
             interval,
             |resolver: &Resolver| stamps(&resolver.files),
@@ -217,6 +201,7 @@ fn stamps(files: &TlsFiles) -> Vec<(PathBuf, Option<Stamp>)> {
 /// Writes a self-signed development certificate for `*.{domain}`,
 /// `{domain}` and `localhost` to `{dir}/{domain}.crt` and `.key` (the key
 /// readable by its owner only). Returns both paths.
+#[cfg(feature = "dev-cert")]
 pub fn write_dev_certificate(domain: &str, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     let names = vec![format!("*.{domain}"), domain.to_string(), "localhost".to_string()];
     let rcgen::CertifiedKey { cert, key_pair } =

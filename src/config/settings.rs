@@ -1,0 +1,317 @@
+//! Every setting the proxy reads, each declared once: its name (the
+//! environment variable; the TOML key is the same in lower case), its
+//! default, its help line, and how its text becomes part of [`Config`].
+//! Reading, validation and `--help` all go through this table.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::parse::*;
+use super::{Branding, Config, TlsFiles};
+
+/// One setting. `apply` parses the text and stores it; `dir` is where a
+/// relative path starts (the configuration file's folder, or empty).
+pub struct Setting {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+    pub(super) apply: fn(&mut Config, &str, &Path) -> Result<(), String>,
+}
+
+/// A setting whose value is parsed by `$parse` into `$field`.
+macro_rules! field {
+    ($name:literal, $default:literal, $help:literal, $($field:ident).+ = $parse:expr) => {
+        Setting {
+            name: $name,
+            default: $default,
+            help: $help,
+            apply: |c, v, _| {
+                c.$($field).+ = ($parse)(v)?;
+                Ok(())
+            },
+        }
+    };
+}
+
+/// Every setting, in `--help` order. Settings that fill a group (TLS, the
+/// warning page, Redis) come after the switch that creates the group.
+pub const SETTINGS: &[Setting] = &[
+    field!(
+        "PROXY_LISTEN_ADDRESS",
+        "0.0.0.0",
+        "IP address to listen on (the shipped config/proxy.toml uses 127.0.0.1)",
+        listen_ip = |v: &str| v.parse::<IpAddr>().map(Some).map_err(|_| "expected an IP address".to_string())
+    ),
+    field!("PROXY_PORT", "4000", "TCP port to listen on", port = port),
+    field!(
+        "PROXY_WORKERS",
+        "0",
+        "worker threads, each with its own listener and upstream pool; 0 = one per CPU",
+        workers = |v: &str| match v.parse::<usize>() {
+            Ok(0) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            Ok(n) if n <= 1024 => Ok(n),
+            _ => Err("expected a number of threads, 0-1024".to_string()),
+        }
+    ),
+    field!(
+        "PROXY_PROTOCOL",
+        "http",
+        "scheme users see (http|https), also behind a TLS-terminating load balancer",
+        https = |v: &str| match v {
+            "http" => Ok(false),
+            "https" => Ok(true),
+            _ => Err("expected http or https".to_string()),
+        }
+    ),
+    field!("PROXY_API_KEY", "", "bearer sent to the Daytona API; required with DAYTONA_API_URL", api_key = text),
+    field!(
+        "PROXY_DOMAIN",
+        "",
+        "domain printed in signed preview URLs (sign-url); empty = preview.localhost:<PROXY_PORT>",
+        domain = |v: &str| Ok::<_, String>(v.trim_end_matches('.').to_ascii_lowercase())
+    ),
+    field!("COOKIE_DOMAIN", "", "Domain of the auth cookie; empty = the request host", cookie_domain = cookie_domain),
+    field!(
+        "AUTH_COOKIE_SECRET",
+        "",
+        "secret that signs auth cookies; empty = derived from PROXY_API_KEY (random per process if both are empty)",
+        cookie_secret = text
+    ),
+    field!(
+        "DAYTONA_API_URL",
+        "",
+        "Daytona API base URL (e.g. http://api:3000/api); empty = embedded registry",
+        api_url = api_url
+    ),
+    Setting {
+        name: "REGISTRY_FILE",
+        default: "config/registry.toml",
+        help: "embedded registry file (runners, sandboxes), reloaded on change",
+        apply: |c, v, dir| {
+            c.registry_file = path(v, dir);
+            Ok(())
+        },
+    },
+    field!(
+        "REGISTRY_RELOAD_INTERVAL_MS",
+        "1000",
+        "how often the registry file is checked for changes",
+        registry_reload_interval = millis
+    ),
+    field!(
+        "ALLOWED_BASE_DOMAINS",
+        "",
+        "comma-separated base domains accepted in preview hosts; empty = any",
+        allowed_base_domains =
+            |v| Ok::<_, String>(list(v).map(|d| d.trim_end_matches('.').to_ascii_lowercase()).collect())
+    ),
+    field!(
+        "TRUSTED_PROXIES",
+        "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+        "CIDRs whose X-Forwarded-Host is kept (front proxies)",
+        trusted_proxies = networks
+    ),
+    field!(
+        "API_CLIENT_TIMEOUT_SEC",
+        "60",
+        "time limit for one control-plane lookup, retries included",
+        api_client_timeout = seconds
+    ),
+    field!(
+        "STALE_IF_ERROR_SEC",
+        "300",
+        "how long an expired runner entry may serve while the control plane is down",
+        stale_if_error = seconds_or_zero
+    ),
+    field!(
+        "UPSTREAM_CONNECT_TIMEOUT_SEC",
+        "10",
+        "time limit to connect to a runner or app",
+        upstream_connect_timeout = seconds
+    ),
+    field!(
+        "UPSTREAM_TIMEOUT_SEC",
+        "300",
+        "time limit for an upstream's response headers (504 after)",
+        upstream_timeout = seconds
+    ),
+    field!(
+        "HEADER_READ_TIMEOUT_SEC",
+        "10",
+        "time limit for a client to send request headers",
+        header_read_timeout = seconds
+    ),
+    field!(
+        "PREVIEW_WARNING_ENABLED",
+        "false",
+        "show browsers a warning page before a preview's first page load",
+        warning = |v| boolean(v).map(|on| on.then(Branding::default))
+    ),
+    Setting {
+        name: "PREVIEW_WARNING_PRODUCT_NAME",
+        default: "this platform",
+        help: "product name on the warning page",
+        apply: |c, v, _| {
+            let v = header_safe(v)?;
+            if let Some(b) = &mut c.warning {
+                b.product = v;
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "PREVIEW_WARNING_LOGO_URL",
+        default: "",
+        help: "http(s) URL of a logo for the warning page; empty = none",
+        apply: |c, v, _| {
+            let v = optional_http_url(v)?;
+            if let Some(b) = &mut c.warning {
+                b.logo_url = v;
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "PREVIEW_WARNING_ACCENT_COLOR",
+        default: "#1f6feb",
+        help: "button colour of the warning page (#rgb or #rrggbb)",
+        apply: |c, v, _| {
+            let v = hex_colour(v)?;
+            if let Some(b) = &mut c.warning {
+                b.accent = v;
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "PREVIEW_WARNING_SUPPORT_URL",
+        default: "",
+        help: "http(s) support link on the warning page; empty = none",
+        apply: |c, v, _| {
+            let v = optional_http_url(v)?;
+            if let Some(b) = &mut c.warning {
+                b.support_url = v;
+            }
+            Ok(())
+        },
+    },
+    field!("TOOLBOX_ONLY_MODE", "false", "refuse every preview port except the toolbox (2280)", toolbox_only = boolean),
+    field!(
+        "ACTIVITY_UPDATE_INTERVAL_SEC",
+        "45",
+        "at most one last-activity update per sandbox this often",
+        activity_dedup = seconds
+    ),
+    field!(
+        "ACTIVITY_KEEPALIVE_INTERVAL_SEC",
+        "50",
+        "how often open WebSockets and streams renew last activity",
+        activity_keepalive = seconds
+    ),
+    field!(
+        "ENABLE_TLS",
+        "false",
+        "terminate TLS here (h2 and http/1.1 by ALPN)",
+        tls = |v| boolean(v).map(|on| on.then(TlsFiles::default))
+    ),
+    Setting {
+        name: "TLS_CERT_FILE",
+        default: "",
+        help: "default certificate chain (PEM), served when no other name matches",
+        apply: |c, v, dir| {
+            if let Some(tls) = &mut c.tls {
+                let key = tls.default.take().map(|(_, key)| key).unwrap_or_default();
+                tls.default = Some((path(v, dir), key));
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "TLS_KEY_FILE",
+        default: "",
+        help: "private key (PEM) of TLS_CERT_FILE",
+        apply: |c, v, dir| {
+            if let Some(tls) = &mut c.tls {
+                let cert = tls.default.take().map(|(cert, _)| cert).unwrap_or_default();
+                tls.default = Some((cert, path(v, dir)));
+            }
+            Ok(())
+        },
+    },
+    Setting {
+        name: "TLS_CERT_DIR",
+        default: "",
+        help: "directory of <name>.crt + <name>.key pairs, chosen by SNI from their DNS names (exact, then wildcard)",
+        apply: |c, v, dir| {
+            if let Some(tls) = &mut c.tls {
+                tls.dir = (!v.is_empty()).then(|| path(v, dir));
+            }
+            Ok(())
+        },
+    },
+    field!("TLS_HANDSHAKE_TIMEOUT_SEC", "10", "time limit for a TLS handshake", tls_handshake_timeout = seconds),
+    field!(
+        "TLS_RELOAD_INTERVAL_SEC",
+        "5",
+        "how often certificate files are checked for changes",
+        tls_reload_interval = seconds
+    ),
+    field!(
+        "TUNNEL_IDLE_TIMEOUT_SEC",
+        "3600",
+        "close a WebSocket tunnel after this long without traffic either way",
+        tunnel_idle_timeout = seconds
+    ),
+    field!(
+        "METRICS_PORT",
+        "",
+        "port for GET /metrics (Prometheus text), on PROXY_LISTEN_ADDRESS; empty = off",
+        metrics_port = |v: &str| match v {
+            "" => Ok(None),
+            v => port(v).map(Some),
+        }
+    ),
+    field!(
+        "REDIS_HOST",
+        "",
+        "Redis shared by proxy instances (and the API's cache invalidations); empty = in-process caches only",
+        redis = |v: &str| match v {
+            "" => Ok(None),
+            v if v.contains(['/', ' ', '@']) || v.chars().any(char::is_control) =>
+                Err("expected a host name or IP address".to_string()),
+            v => Ok(Some((v.to_string(), 6379))),
+        }
+    ),
+    Setting {
+        name: "REDIS_PORT",
+        default: "6379",
+        help: "port of REDIS_HOST",
+        apply: |c, v, _| {
+            let p = port(v)?;
+            if let Some((_, redis_port)) = &mut c.redis {
+                *redis_port = p;
+            }
+            Ok(())
+        },
+    },
+    field!(
+        "SHUTDOWN_TIMEOUT_SEC",
+        "3600",
+        "how long in-flight requests may finish after SIGTERM/SIGINT",
+        shutdown_timeout = seconds_or_zero
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_upper_case() {
+        for (i, s) in SETTINGS.iter().enumerate() {
+            assert!(s.name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'), "{}", s.name);
+            assert!(SETTINGS[..i].iter().all(|o| o.name != s.name), "{} twice", s.name);
+            assert!(!s.help.is_empty(), "{} has no help", s.name);
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! What the phases learn about one request ([`RequestCtx`]), where it goes
+//! ([`Dest`]), and the client end of its connection ([`Peer`]).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::header::HOST;
+use http::{HeaderValue, Method, Request, Uri};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use super::cors::Cors;
+use crate::error::{wants_html, AuthMethod};
+use crate::http::host::{Port, PreviewHost};
+use crate::http::is_upgrade;
+use crate::upstream::rewrite::Route;
+
+/// The client end of a connection, with what is derived from it once per
+/// connection rather than per request.
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The IP as a header value (`X-Forwarded-For`).
+    pub ip_value: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = addr.ip().to_string();
+        let ip_value = HeaderValue::try_from(ip).unwrap_or(HeaderValue::from_static("unknown"));
+        Peer { addr, ip_value }
+    }
+}
+
+/// What the phases learn about one request, from the first to the log.
+pub struct RequestCtx {
+    pub started: Instant,
+    pub peer: SocketAddr,
+    pub peer_value: HeaderValue,
+    pub method: Method,
+    /// The client accepts HTML: the proxy's errors become pages.
+    pub html: bool,
+    pub cors: Cors,
+    /// The host the client asked for: the URI's authority (HTTP/2
+    /// `:authority`, absolute-form requests) or the `Host` header.
+    pub host: Option<HeaderValue>,
+    /// The app port, once the host or route names one.
+    pub port: Option<Port>,
+    /// The credential that opened a private sandbox (`None`: public).
+    pub auth: Option<AuthMethod>,
+    /// `X-Daytona-Skip-Last-Activity-Update: true` was sent.
+    pub skip_activity: bool,
+    /// The path and query to forward when taking credentials out changed it.
+    pub path_and_query: Option<String>,
+    /// The auth cookie to set on the answer.
+    pub set_cookie: Option<HeaderValue>,
+    /// The client's side of a requested upgrade.
+    pub client_upgrade: Option<OnUpgrade>,
+    /// The error code of an answer the proxy made itself.
+    pub outcome: Option<&'static str>,
+}
+
+impl RequestCtx {
+    /// Reads what every phase needs; takes the CORS control header out.
+    pub fn new(req: &mut Request<Incoming>, peer: &super::Peer) -> RequestCtx {
+        let host = match req.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => req.headers().get(HOST).cloned(),
+        };
+        let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut *req));
+        RequestCtx {
+            started: Instant::now(),
+            peer: peer.addr,
+            peer_value: peer.ip_value.clone(),
+            method: req.method().clone(),
+            html: wants_html(req.headers()),
+            cors: Cors::take(req.headers_mut()),
+            host,
+            port: None,
+            auth: None,
+            skip_activity: false,
+            path_and_query: None,
+            set_cookie: None,
+            client_upgrade,
+            outcome: None,
+        }
+    }
+}
+
+/// Where a proxied request goes.
+pub enum Dest {
+    /// A preview host: `<port>-<key>.<base>`.
+    Preview(PreviewHost),
+    /// `/toolbox/{id}{path}` on a non-preview host.
+    Toolbox { sandbox_id: String, path_and_query: String },
+}
+
+impl Dest {
+    /// The sandbox id or signed token the request names.
+    pub fn key(&self) -> &str {
+        match self {
+            Dest::Preview(host) => host.key(),
+            Dest::Toolbox { sandbox_id, .. } => sandbox_id,
+        }
+    }
+
+    pub fn route(&self) -> Route {
+        match self {
+            Dest::Preview(host) => Route::Port(host.port()),
+            Dest::Toolbox { .. } => Route::Toolbox,
+        }
+    }
+
+    pub fn port(&self) -> Port {
+        match self {
+            Dest::Preview(host) => host.port(),
+            Dest::Toolbox { .. } => Port::TOOLBOX,
+        }
+    }
+
+    /// The path and query to forward, as the client sent them.
+    pub fn path_and_query<'a>(&'a self, uri: &'a Uri) -> &'a str {
+        match self {
+            Dest::Preview(_) => uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            Dest::Toolbox { path_and_query, .. } => path_and_query,
+        }
+    }
+}

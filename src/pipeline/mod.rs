@@ -1,0 +1,385 @@
+//! The request pipeline. [`Proxy::handle`] is its table of contents: named
+//! phases (pingora's vocabulary) over one [`RequestCtx`], each a method
+//! below it in the order it runs.
+
+pub mod auth;
+pub mod auth_cookie;
+pub mod cors;
+mod ctx;
+mod own_routes;
+pub mod warning_page;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, SET_COOKIE, UPGRADE};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+
+use crate::config::{Config, ConfigError};
+use crate::control_plane::activity::Activity;
+use crate::control_plane::{unix_now, ControlPlane, DaytonaApi, Registry, Target};
+use crate::error::{ErrorPages, ProxyError};
+use crate::http::host::{self, Port};
+use crate::http::{is_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE};
+use crate::metrics::Metrics;
+use crate::upstream::body::{is_streaming, UpstreamBody};
+use crate::upstream::pool::{Lease, Pool};
+use crate::upstream::rewrite::{self, Downstream};
+use crate::upstream::tunnel::Tunnels;
+use crate::upstream::{wake, Body};
+use auth::Credentials;
+use auth_cookie::CookieSigner;
+pub use ctx::{Dest, Peer, RequestCtx};
+use warning_page::WarningPage;
+
+/// A proxy worker: the state all workers share, and this worker's own
+/// upstream connection pool (its connections stay on its thread).
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    /// This worker's upstream connections.
+    pool: Pool,
+}
+
+/// State shared by every worker.
+pub struct Shared {
+    pub config: Config,
+    pub control_plane: Arc<ControlPlane>,
+    pages: ErrorPages,
+    /// `Some` when the warning page is enabled.
+    warning: Option<WarningPage>,
+    /// Signs and checks auth cookies.
+    signer: CookieSigner,
+    activity: Arc<Activity>,
+    /// Open WebSocket tunnels.
+    pub tunnels: Arc<Tunnels>,
+    pub metrics: Metrics,
+    /// `http` or `https`, for `X-Forwarded-Proto` and printed URLs.
+    proto: &'static str,
+    /// `/health` answer, built once.
+    health: Bytes,
+}
+
+/// What the request filter decided.
+enum Filtered {
+    /// The proxy answers itself.
+    Answer(Response<Body>),
+    /// The request goes to a sandbox.
+    Forward(Request<Incoming>, Dest),
+}
+
+impl Proxy {
+    /// Builds the proxy: the Daytona API when `DAYTONA_API_URL` is set, the
+    /// embedded registry (watched for changes) otherwise. Must run inside a
+    /// Tokio runtime.
+    pub fn new(config: Config) -> Result<Proxy, ConfigError> {
+        let control_plane = Arc::new(match &config.api_url {
+            Some(_) => ControlPlane::Api(Box::new(DaytonaApi::new(&config)?)),
+            None => {
+                let registry =
+                    Registry::open(&config.registry_file).map_err(|e| ConfigError::setting("REGISTRY_FILE", e))?;
+                registry.watch(config.registry_reload_interval);
+                ControlPlane::Registry(registry)
+            }
+        });
+        let secret = if !config.cookie_secret.is_empty() { &config.cookie_secret } else { &config.api_key };
+        let signer = if secret.is_empty() {
+            tracing::warn!(
+                "auth cookies are signed with a random key and stop working when this process restarts: \
+                 set AUTH_COOKIE_SECRET (or PROXY_API_KEY) to keep them across restarts and instances"
+            );
+            CookieSigner::random()
+        } else {
+            CookieSigner::new(secret.as_bytes())
+        };
+        let activity = Activity::new(
+            control_plane.clone(),
+            config.activity_dedup,
+            config.activity_keepalive,
+            config.api_client_timeout,
+        );
+        let health = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
+        let shared = Shared {
+            tunnels: Tunnels::new(config.tunnel_idle_timeout),
+            metrics: Metrics::default(),
+            proto: if config.https { "https" } else { "http" },
+            warning: config.warning.as_ref().map(WarningPage::new),
+            control_plane,
+            pages: ErrorPages::new(),
+            signer,
+            activity,
+            health: Bytes::from(health),
+            config,
+        };
+        Ok(Proxy { pool: Pool::new(&shared.config), shared: Arc::new(shared) })
+    }
+
+    /// Another worker: the same shared state, its own upstream pool.
+    pub fn worker(&self) -> Proxy {
+        Proxy { shared: self.shared.clone(), pool: Pool::new(&self.shared.config) }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The open tunnels (shared by every worker).
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.shared.tunnels
+    }
+
+    /// Answers one request. Never fails: errors become negotiated pages.
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+        let mut ctx = RequestCtx::new(&mut req, peer);
+        let result = async {
+            // 1. Request filter: preflights, the proxy's own routes, the warning page.
+            let (req, dest) = match self.request_filter(req, &mut ctx).await? {
+                Filtered::Answer(resp) => return Ok(resp),
+                Filtered::Forward(req, dest) => (req, dest),
+            };
+            // 2. Authenticate (credentials leave the request either way).
+            let (mut parts, body) = req.into_parts();
+            let sandbox_id = self.authenticate(&mut parts, &dest, &mut ctx).await?;
+            // 3. Resolve the target: the runner or app that hosts the sandbox.
+            let target = self.shared.control_plane.target(&sandbox_id).await?;
+            // 4. Upstream request filter: URI and headers as the upstream must see them.
+            self.upstream_request_filter(&mut parts, &dest, &sandbox_id, &target, &ctx)?;
+            // 5. Send, and wait for the response head.
+            let direct = matches!(target, Target::Direct(_));
+            let out = Request::from_parts(parts, Either::Left(body));
+            let timeout = self.shared.config.upstream_timeout;
+            let (resp, lease) = self.pool.send(out, timeout, dest.port(), direct).await?;
+            // 6. Response filter: waking, cookies, Location, the upgrade.
+            self.response_filter(resp, lease, &dest, &sandbox_id, direct, &mut ctx).await
+        }
+        .await;
+        let mut resp = result.unwrap_or_else(|err| self.error_page(err, &mut ctx));
+        ctx.cors.apply(resp.headers_mut());
+        // 7. Log.
+        self.log(&ctx, resp.status());
+        resp
+    }
+
+    /// Request filter: preflights are answered, then the proxy's own routes
+    /// (any non-preview host, and the accept endpoint), then the warning page.
+    async fn request_filter(&self, req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Filtered, ProxyError> {
+        if ctx.cors.is_preflight(req.method(), req.headers()) {
+            let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            ctx.cors.preflight_headers(req.headers(), resp.headers_mut());
+            return Ok(Filtered::Answer(resp));
+        }
+        let host = ctx.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default();
+        if req.method() == http::Method::POST && req.uri().path() == warning_page::ACCEPT_PATH {
+            let resp = warning_page::accept(req.uri().query(), host, self.shared.config.https);
+            return Ok(Filtered::Answer(resp.map(Either::Right)));
+        }
+        let Some(preview) = host::parse(host, &self.shared.config.allowed_base_domains) else {
+            return self.own_route(req, ctx);
+        };
+        ctx.port = Some(preview.port());
+        if self.shared.config.toolbox_only && preview.port() != Port::TOOLBOX {
+            return Err(ProxyError::NoRoute);
+        }
+        if let Some(page) = &self.shared.warning {
+            if warning_page::should_warn(req.method(), req.headers(), preview.port(), is_upgrade(req.headers())) {
+                let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                let url = format!("{}://{host}{pq}", self.shared.proto);
+                return Ok(Filtered::Answer(page.render(&url).map(Either::Right)));
+            }
+        }
+        Ok(Filtered::Forward(req, Dest::Preview(preview)))
+    }
+
+    /// Authenticate: takes the credentials and control headers out of the
+    /// request, then, for a private sandbox or a reserved port, accepts the
+    /// first credential the control plane accepts. Returns the sandbox to
+    /// route to.
+    async fn authenticate<'d>(
+        &self,
+        parts: &mut Parts,
+        dest: &'d Dest,
+        ctx: &mut RequestCtx,
+    ) -> Result<Cow<'d, str>, ProxyError> {
+        let key = dest.key();
+        let original = dest.path_and_query(&parts.uri);
+        let (mut creds, stripped) = Credentials::take(&mut parts.headers, original, key);
+        if let Some(pq) = stripped {
+            ctx.path_and_query = Some(pq);
+        }
+        ctx.skip_activity = parts
+            .headers
+            .remove(X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let needs_auth = match dest {
+            Dest::Preview(host) => host.port().is_reserved() || !self.shared.control_plane.is_public(key).await?,
+            Dest::Toolbox { .. } => true,
+        };
+        if !needs_auth {
+            return Ok(Cow::Borrowed(key));
+        }
+        let config = &self.shared.config;
+        creds.client_ip = Some(auth::client_ip(ctx.peer.ip(), &parts.headers, |ip| config.is_trusted_proxy(ip)));
+        let now = unix_now();
+        let signed = matches!(dest, Dest::Preview(_));
+        let granted =
+            auth::authenticate(&self.shared.control_plane, &self.shared.signer, key, dest.port(), &creds, now, signed)
+                .await?;
+        ctx.auth = Some(granted.method);
+        if granted.bearer_used {
+            parts.headers.remove(AUTHORIZATION);
+        }
+        if let Some(grant) = granted.cookie {
+            let name = auth_cookie::cookie_name(key);
+            let domain = match (&config.cookie_domain, dest) {
+                (Some(d), _) => d.clone(),
+                (None, Dest::Preview(host)) => format!(".{}", host.as_str()),
+                (None, Dest::Toolbox { .. }) => {
+                    let host = ctx.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default();
+                    format!(".{}", host::strip_port(host).to_ascii_lowercase())
+                }
+            };
+            let value = self.shared.signer.sign(&name, &grant, now);
+            ctx.set_cookie = auth_cookie::set_cookie(&name, value, &domain, config.https);
+        }
+        Ok(Cow::Owned(granted.sandbox_id))
+    }
+
+    /// Upstream request filter: the upstream URI (path and query byte for
+    /// byte), hop-by-hop headers out, `X-Forwarded-*` and the runner's
+    /// credentials in.
+    fn upstream_request_filter(
+        &self,
+        parts: &mut Parts,
+        dest: &Dest,
+        sandbox_id: &str,
+        target: &Target,
+        ctx: &RequestCtx,
+    ) -> Result<(), ProxyError> {
+        let pq = ctx.path_and_query.as_deref().unwrap_or_else(|| dest.path_and_query(&parts.uri));
+        let uri = rewrite::upstream_uri(target, sandbox_id, dest.route(), pq)?;
+        let down = Downstream {
+            peer: ctx.peer.ip(),
+            peer_value: ctx.peer_value.clone(),
+            trusted: self.shared.config.is_trusted_proxy(ctx.peer.ip()),
+            host: ctx.host.clone().unwrap_or(http::HeaderValue::from_static("")),
+            proto: self.shared.proto,
+        };
+        let upgrade = ctx.client_upgrade.is_some().then(|| parts.headers.get(UPGRADE).cloned()).flatten();
+        rewrite::prepare_request_headers(&mut parts.headers, &down, target, upgrade);
+        parts.uri = uri;
+        parts.version = rewrite::UPSTREAM_VERSION;
+        Ok(())
+    }
+
+    /// Response filter: wakes a sandbox its runner says is not running, adds
+    /// the auth cookie, keeps a toolbox redirect on its route, records
+    /// activity, and joins the two sides of an upgrade.
+    async fn response_filter(
+        &self,
+        resp: Response<Incoming>,
+        lease: Lease,
+        dest: &Dest,
+        sandbox_id: &str,
+        direct: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Response<Body>, ProxyError> {
+        let port = dest.port();
+        let shared = &self.shared;
+        if !direct && rewrite::is_empty_bad_gateway(&resp) {
+            return Err(ProxyError::PortNotListening(port));
+        }
+        let mut lease = Some(lease);
+        let mut resp = match direct {
+            true => resp.map(Either::Left),
+            false => {
+                let may_start = !ctx.skip_activity;
+                match wake::inspect(resp.status(), resp.headers()) {
+                    wake::Verdict::Pass => resp.map(Either::Left),
+                    wake::Verdict::NotRunning => {
+                        wake::check(&shared.control_plane, sandbox_id, may_start).await?;
+                        resp.map(Either::Left)
+                    }
+                    wake::Verdict::ReadBody => {
+                        // A small JSON error: the runner's own "not running"
+                        // errors look like this. Read it, then pass it on.
+                        let (parts, body) = resp.into_parts();
+                        let body = tokio::time::timeout(shared.config.upstream_timeout, body.collect())
+                            .await
+                            .map_err(|_| ProxyError::UpstreamTimeout(port))?
+                            .map_err(|e| ProxyError::UpstreamFailed { port, detail: e.to_string() })?
+                            .to_bytes();
+                        if let Some(lease) = lease.take() {
+                            lease.release();
+                        }
+                        if wake::says_not_running(&body) {
+                            wake::check(&shared.control_plane, sandbox_id, may_start).await?;
+                        }
+                        Response::from_parts(parts, Either::Right(body))
+                    }
+                }
+            }
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            remove_hop_by_hop(resp.headers_mut());
+        }
+        if let Dest::Toolbox { sandbox_id, .. } = dest {
+            if resp.status().is_redirection() {
+                rewrite::prefix_location(resp.headers_mut(), sandbox_id);
+            }
+        }
+        if let Some(cookie) = ctx.set_cookie.take() {
+            resp.headers_mut().append(SET_COOKIE, cookie);
+        }
+        // The request reached the sandbox: it counts as activity.
+        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let streaming = matches!(resp.body(), Either::Left(body) if is_streaming(resp.headers(), body));
+        let guard = match ctx.skip_activity {
+            true => None,
+            false if upgraded || streaming => Some(shared.activity.hold(sandbox_id)),
+            false => {
+                shared.activity.touch(sandbox_id);
+                None
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = match body {
+            Either::Left(body) => body,
+            Either::Right(bytes) => return Ok(Response::from_parts(parts, Either::Right(Full::new(bytes)))),
+        };
+        let mut resp = Response::from_parts(parts, body);
+        if let (true, Some(client)) = (upgraded, ctx.client_upgrade.take()) {
+            shared.tunnels.spawn(client, hyper::upgrade::on(&mut resp), guard);
+            return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None, None))));
+        }
+        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, lease, guard))))
+    }
+
+    /// The proxy's own answer for `err`, counted.
+    fn error_page(&self, err: ProxyError, ctx: &mut RequestCtx) -> Response<Body> {
+        ctx.outcome = Some(err.code());
+        // The host is never logged: its key may be a signed token.
+        let (method, status, code) = (&ctx.method, err.status().as_u16(), err.code());
+        let port = ctx.port.map(Port::get);
+        if err.status().is_server_error() {
+            tracing::warn!(%method, status, code, ?port, error = %err, "request failed");
+        } else {
+            tracing::debug!(%method, status, code, ?port, "request refused");
+        }
+        self.shared.metrics.error(code);
+        self.shared.pages.render(&err, ctx.html).map(Either::Right)
+    }
+
+    /// Log: counts the answer and logs it once.
+    fn log(&self, ctx: &RequestCtx, status: StatusCode) {
+        self.shared.metrics.response(status);
+        if ctx.outcome.is_none() {
+            let elapsed_ms = ctx.started.elapsed().as_millis() as u64;
+            let port = ctx.port.map(Port::get);
+            tracing::debug!(method = %ctx.method, status = status.as_u16(), ?port, elapsed_ms, "answered");
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The upstream side: the connection pool to runners and apps, the request
+//! and response rewrites, streamed bodies, WebSocket tunnels, and waking a
+//! sandbox that a runner says is not running.
+
+pub mod body;
+pub mod pool;
+pub mod rewrite;
+pub mod tunnel;
+pub mod wake;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+
+/// Response body: the upstream's streamed body, or one the proxy made.
+pub type Body = Either<body::UpstreamBody, Full<Bytes>>;
