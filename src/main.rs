@@ -66,25 +66,27 @@ fn main() -> ExitCode {
         Err(e) => return bad_config(&e),
     };
     let now = unix_now();
-    let done = match cli.command {
+    let done: Option<anyhow::Result<()>> = match cli.command {
         None => None,
-        Some(Command::SignUrl { sandbox, port, expires_in }) => {
-            Some(signed_url::sign(&config, &sandbox, port, expires_in, now).map(|url| println!("{url}")))
-        }
+        Some(Command::SignUrl { sandbox, port, expires_in }) => Some(
+            signed_url::sign(&config, &sandbox, port, expires_in, now).map(|url| println!("{url}")).map_err(Into::into),
+        ),
         Some(Command::RevokeUrl { token }) => {
-            Some(signed_url::revoke(&config, &token, now).map(|()| println!("revoked")))
+            Some(signed_url::revoke(&config, &token, now).map(|()| println!("revoked")).map_err(Into::into))
         }
         #[cfg(feature = "dev-cert")]
-        Some(Command::DevCert { domain, out }) => {
-            Some(server::tls::write_dev_certificate(&domain, &out).map(|(c, k)| {
-                println!("wrote {} and {}", c.display(), k.display());
-                println!(
-                    "use: ENABLE_TLS=true PROXY_PROTOCOL=https TLS_CERT_FILE={} TLS_KEY_FILE={}",
-                    c.display(),
-                    k.display()
-                );
-            }))
-        }
+        Some(Command::DevCert { domain, out }) => Some(
+            server::tls::write_dev_certificate(&domain, &out)
+                .map(|(c, k)| {
+                    println!("wrote {} and {}", c.display(), k.display());
+                    println!(
+                        "use: ENABLE_TLS=true PROXY_PROTOCOL=https TLS_CERT_FILE={} TLS_KEY_FILE={}",
+                        c.display(),
+                        k.display()
+                    );
+                })
+                .map_err(Into::into),
+        ),
     };
     if let Some(result) = done {
         return match result {

@@ -141,7 +141,7 @@ impl DaytonaApi {
                     .proxy_url
                     .filter(|u| !u.is_empty())
                     .ok_or_else(|| LookupError::Invalid("the sandbox's runner has no proxyUrl".into()))?;
-                let runner = Runner::new(&proxy_url, &runner.api_key).map_err(LookupError::Invalid)?;
+                let runner = Runner::new(&proxy_url, &runner.api_key).map_err(|e| LookupError::Invalid(e.0))?;
                 Ok((Target::Runner(Arc::new(runner)), self.runner_ttl))
             })
             .await

@@ -42,17 +42,28 @@ pub struct Runner {
     pub host: HeaderValue,
 }
 
+/// Why a runner's `proxyUrl` or API key cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct RunnerError(pub String);
+
+impl From<String> for RunnerError {
+    fn from(message: String) -> Self {
+        RunnerError(message)
+    }
+}
+
 impl Runner {
     /// Parses a runner's `proxyUrl` and API key.
-    pub fn new(proxy_url: &str, api_key: &str) -> Result<Runner, String> {
+    pub fn new(proxy_url: &str, api_key: &str) -> Result<Runner, RunnerError> {
         let uri: http::Uri = proxy_url.parse().map_err(|e| format!("proxyUrl {proxy_url:?} is not a URL: {e}"))?;
         let scheme = uri.scheme().cloned().ok_or_else(|| format!("proxyUrl {proxy_url:?} has no scheme"))?;
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err(format!("proxyUrl {proxy_url:?} must be http or https"));
+            return Err(format!("proxyUrl {proxy_url:?} must be http or https").into());
         }
         let authority = uri.authority().cloned().ok_or_else(|| format!("proxyUrl {proxy_url:?} has no host"))?;
         if uri.query().is_some() {
-            return Err(format!("proxyUrl {proxy_url:?} must not have a query"));
+            return Err(format!("proxyUrl {proxy_url:?} must not have a query").into());
         }
         let mut auth = HeaderValue::try_from(format!("Bearer {api_key}"))
             .map_err(|_| "runner apiKey has characters not allowed in a header".to_string())?;

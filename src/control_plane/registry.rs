@@ -84,9 +84,20 @@ pub struct Snapshot {
     signed_urls: HashMap<String, SignedUrl>,
 }
 
+/// Why a registry file cannot be used; every problem, each naming its entry.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct RegistryError(pub String);
+
+impl From<String> for RegistryError {
+    fn from(message: String) -> Self {
+        RegistryError(message)
+    }
+}
+
 impl Snapshot {
     /// Parses and validates registry text; every problem is reported.
-    pub fn parse(text: &str) -> Result<Snapshot, String> {
+    pub fn parse(text: &str) -> Result<Snapshot, RegistryError> {
         let file: RegistryFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut errors = Vec::new();
         let mut runners = HashMap::new();
@@ -148,7 +159,7 @@ impl Snapshot {
         if errors.is_empty() {
             Ok(Snapshot { sandboxes, api_keys: file.api_keys, signed_urls })
         } else {
-            Err(errors.join("; "))
+            Err(RegistryError(errors.join("; ")))
         }
     }
 
@@ -189,7 +200,7 @@ struct Inner {
 
 impl Registry {
     /// Loads the file; a missing or broken file is an error naming it.
-    pub fn open(path: &Path) -> Result<Registry, String> {
+    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
         let snapshot = load(path)?;
         let inner = Inner {
             path: path.to_path_buf(),
@@ -215,8 +226,8 @@ impl Registry {
     }
 
     /// Re-reads the file now. On error the current snapshot stays.
-    pub fn reload(&self) -> Result<(), String> {
-        self.inner.reload()
+    pub fn reload(&self) -> Result<(), RegistryError> {
+        Ok(self.inner.reload()?)
     }
 
     /// Polls the file every `interval` and reloads it when it changes; stops
@@ -320,7 +331,7 @@ mod tests {
         )
         .unwrap_err();
         for needle in ["runners.bad", "sandbox a", "sandbox b", "sandbox c", "bad/id"] {
-            assert!(e.contains(needle), "{needle} not in {e}");
+            assert!(e.0.contains(needle), "{needle} not in {e}");
         }
     }
 
@@ -363,7 +374,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_errors() {
         let e = Snapshot::parse("[[sandboxes]]\nid = \"a\"\nupstream = \"x\"\npublik = true\n").unwrap_err();
-        assert!(e.contains("publik"), "{e}");
+        assert!(e.0.contains("publik"), "{e}");
     }
 
     #[tokio::test]

@@ -26,13 +26,24 @@ pub fn mint_token() -> String {
     (0..TOKEN_LEN).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
+/// Why a signed URL could not be minted or revoked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct SignUrlError(pub String);
+
+impl From<String> for SignUrlError {
+    fn from(message: String) -> Self {
+        SignUrlError(message)
+    }
+}
+
 /// Mints a token for `sandbox` on `port`, stores it, and returns the URL.
-pub fn sign(config: &Config, sandbox: &str, port: u16, expires_in: u64, now: u64) -> Result<String, String> {
+pub fn sign(config: &Config, sandbox: &str, port: u16, expires_in: u64, now: u64) -> Result<String, SignUrlError> {
     if !(1..=MAX_EXPIRES_IN).contains(&expires_in) {
-        return Err(format!("--expires-in must be 1-{MAX_EXPIRES_IN} seconds"));
+        return Err(format!("--expires-in must be 1-{MAX_EXPIRES_IN} seconds").into());
     }
     if port == 0 {
-        return Err("--port must be 1-65535".into());
+        return Err(SignUrlError("--port must be 1-65535".into()));
     }
     let token = mint_token();
     let sandbox = sandbox.to_ascii_lowercase();
@@ -50,15 +61,15 @@ pub fn sign(config: &Config, sandbox: &str, port: u16, expires_in: u64, now: u64
 }
 
 /// Expires `token` now. Unknown tokens are an error.
-pub fn revoke(config: &Config, token: &str, now: u64) -> Result<(), String> {
-    edit(&config.registry_file, now, |doc| {
+pub fn revoke(config: &Config, token: &str, now: u64) -> Result<(), SignUrlError> {
+    Ok(edit(&config.registry_file, now, |doc| {
         let entry = signed_urls(doc)?
             .iter_mut()
             .find(|t| t.get("token").and_then(Item::as_str) == Some(token))
             .ok_or_else(|| "no signed URL has this token".to_string())?;
         entry.insert("expires_at", value(to_i64(now)));
         Ok(())
-    })
+    })?)
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -161,7 +172,7 @@ mod tests {
     fn unknown_sandboxes_and_bad_lifetimes_are_refused() {
         let (config, _dir) = setup();
         let before = std::fs::read_to_string(&config.registry_file).unwrap();
-        assert!(sign(&config, "nosuch", 3000, 60, NOW).unwrap_err().contains("nosuch"));
+        assert!(sign(&config, "nosuch", 3000, 60, NOW).unwrap_err().0.contains("nosuch"));
         assert!(sign(&config, "demo", 3000, 0, NOW).is_err());
         assert!(sign(&config, "demo", 3000, MAX_EXPIRES_IN + 1, NOW).is_err());
         assert_eq!(std::fs::read_to_string(&config.registry_file).unwrap(), before, "file untouched");

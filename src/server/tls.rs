@@ -16,6 +16,17 @@ use rustls::sign::CertifiedKey;
 use crate::config::TlsFiles;
 use crate::file_watch::{self, stamp, Stamp};
 
+/// Why certificates could not be loaded or made; names the file.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
+
+impl From<String> for TlsError {
+    fn from(message: String) -> Self {
+        TlsError(message)
+    }
+}
+
 /// Certificates by name, built from the files.
 #[derive(Default, Debug)]
 struct Store {
@@ -132,13 +143,12 @@ pub struct Tls {
 
 impl Tls {
     /// Loads every certificate; any problem is an error naming the file.
-    pub fn load(files: TlsFiles) -> Result<Tls, String> {
+    pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
         let store = Store::load(&files)?;
         if store.default.is_none() && store.exact.is_empty() && store.wildcard.is_empty() {
-            return Err(
-                "ENABLE_TLS is set but no certificate was configured (TLS_CERT_FILE/TLS_KEY_FILE or TLS_CERT_DIR)"
-                    .into(),
-            );
+            let why =
+                "ENABLE_TLS is set but no certificate was configured (TLS_CERT_FILE/TLS_KEY_FILE or TLS_CERT_DIR)";
+            return Err(TlsError(why.into()));
         }
         let resolver = Arc::new(Resolver { store: ArcSwap::from_pointee(store), files });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -156,8 +166,8 @@ impl Tls {
     }
 
     /// Re-reads the files; on error the current certificates stay.
-    pub fn reload(&self) -> Result<(), String> {
-        self.resolver.reload()
+    pub fn reload(&self) -> Result<(), TlsError> {
+        Ok(self.resolver.reload()?)
     }
 
     /// Reloads whenever a certificate file changes (checked every
@@ -202,7 +212,7 @@ fn stamps(files: &TlsFiles) -> Vec<(PathBuf, Option<Stamp>)> {
 /// `{domain}` and `localhost` to `{dir}/{domain}.crt` and `.key` (the key
 /// readable by its owner only). Returns both paths.
 #[cfg(feature = "dev-cert")]
-pub fn write_dev_certificate(domain: &str, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+pub fn write_dev_certificate(domain: &str, dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
     let names = vec![format!("*.{domain}"), domain.to_string(), "localhost".to_string()];
     let rcgen::CertifiedKey { cert, key_pair } =
         rcgen::generate_simple_self_signed(names).map_err(|e| format!("cannot make a certificate: {e}"))?;
