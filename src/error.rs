@@ -25,6 +25,10 @@ pub enum ProxyError {
     Unauthorized(Denied),
     #[error("path not allowed")]
     BadPath,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("control plane unavailable: {0}")]
     ControlPlaneUnavailable(String),
     #[error("control plane answer unusable: {0}")]
@@ -60,7 +64,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute | ProxyError::SandboxNotFound => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::BadPath => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ControlPlaneUnavailable(_) | ProxyError::SandboxStarting | ProxyError::SandboxStopping => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -80,6 +85,8 @@ impl ProxyError {
             ProxyError::SandboxNotFound => "SANDBOX_NOT_FOUND",
             ProxyError::Unauthorized(_) => "UNAUTHORIZED",
             ProxyError::BadPath => "BAD_PATH",
+            ProxyError::BadRequest(_) => "BAD_REQUEST",
+            ProxyError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ProxyError::ControlPlaneUnavailable(_) => "CONTROL_PLANE_UNAVAILABLE",
             ProxyError::ControlPlaneInvalid(_) => "CONTROL_PLANE_ERROR",
             ProxyError::PortNotListening(_) => "PORT_NOT_LISTENING",
@@ -99,6 +106,8 @@ impl ProxyError {
             ProxyError::SandboxNotFound => "Sandbox not found".into(),
             ProxyError::Unauthorized(_) => "This preview needs credentials".into(),
             ProxyError::BadPath => "Path not allowed".into(),
+            ProxyError::BadRequest(_) => "Bad request".into(),
+            ProxyError::MethodNotAllowed => "Method not allowed".into(),
             ProxyError::ControlPlaneUnavailable(_) => "Preview service temporarily unavailable".into(),
             ProxyError::ControlPlaneInvalid(_) => "Preview service error".into(),
             ProxyError::PortNotListening(port) => format!("Nothing is listening on port {port}"),
@@ -120,6 +129,8 @@ impl ProxyError {
             ProxyError::NoRoute => "There is no preview at this address. Preview URLs look like <port>-<sandboxId>.<domain>.".into(),
             ProxyError::SandboxNotFound => "The sandbox in this URL does not exist or has no running host. Check the URL; the sandbox may have been deleted or archived.".into(),
             ProxyError::Unauthorized(denied) => denied.message(),
+            ProxyError::BadRequest(why) => format!("The proxy cannot forward this request: {why}. Send it again as a well-formed request."),
+            ProxyError::MethodNotAllowed => "CONNECT is not supported: preview URLs serve HTTP and WebSocket only.".into(),
             ProxyError::BadPath => "The request path must start with '/' and must not contain '.' or '..' segments (also percent-encoded or with backslashes). Request the resolved path instead.".into(),
             ProxyError::ControlPlaneUnavailable(_) => "The service that knows where sandboxes run is not answering. Try again in a few seconds.".into(),
             ProxyError::ControlPlaneInvalid(_) => "The service that knows where sandboxes run gave an answer the proxy cannot use. Try again; if it persists, contact the operator.".into(),
@@ -264,6 +275,8 @@ pub(crate) fn every_error() -> Vec<ProxyError> {
         ProxyError::SandboxNotFound,
         ProxyError::Unauthorized(Denied::default()),
         ProxyError::BadPath,
+        ProxyError::BadRequest("two Host headers"),
+        ProxyError::MethodNotAllowed,
         ProxyError::ControlPlaneUnavailable(String::new()),
         ProxyError::ControlPlaneInvalid(String::new()),
         ProxyError::PortNotListening(port),

@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::StatusCode;
 
 /// Proxy error codes, in the order of [`Metrics::errors`].
-pub const ERROR_CODES: [&str; 13] = [
+pub const ERROR_CODES: [&str; 15] = [
     "NOT_FOUND",
     "SANDBOX_NOT_FOUND",
     "UNAUTHORIZED",
     "BAD_PATH",
+    "BAD_REQUEST",
+    "METHOD_NOT_ALLOWED",
     "CONTROL_PLANE_UNAVAILABLE",
     "CONTROL_PLANE_ERROR",
     "PORT_NOT_LISTENING",

@@ -56,7 +56,7 @@ async fn method_matrix() {
     // (sandbox, public?, its valid token)
     let sandboxes = [("pub1", true, "tok-pub"), ("priv1", false, TOKEN1)];
     for (id, public, token) in sandboxes {
-        for port in [3000u16, 22222, 2280, 33333] {
+        for port in [3000u16, 22222, 2280, 2281, 33333] {
             let reserved = port != 3000;
             let open = public && !reserved;
             let h = host(port, id);

@@ -89,7 +89,7 @@ async fn public_sandbox_without_runner_is_404() {
 async fn reserved_ports_need_credentials_on_public_sandboxes() {
     let (api, runner) = setup().await;
     let proxy = TestProxy::start(api_config(&api)).await;
-    for port in ["22222", "2280", "33333"] {
+    for port in ["22222", "2280", "2281", "33333"] {
         let a = get(&proxy, &format!("{port}-sbx1.preview.localhost"), "/").await;
         assert_eq!(a.status, 401, "port {port}");
     }

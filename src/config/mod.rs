@@ -365,7 +365,11 @@ mod tests {
     fn trusted_proxies_match_mapped_addresses() {
         let c = Config::defaults();
         assert!(c.is_trusted_proxy("127.0.0.1".parse().unwrap()));
-        assert!(c.is_trusted_proxy("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(c.is_trusted_proxy("::ffff:127.0.0.2".parse().unwrap()));
+        // Private ranges are not trusted by default: any client inside the
+        // VPC could otherwise set X-Forwarded-Host.
+        assert!(!c.is_trusted_proxy("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.is_trusted_proxy("192.168.1.1".parse().unwrap()));
         assert!(!c.is_trusted_proxy("8.8.8.8".parse().unwrap()));
     }
 

@@ -107,8 +107,8 @@ pub const SETTINGS: &[Setting] = &[
     ),
     field!(
         "TRUSTED_PROXIES",
-        "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
-        "CIDRs whose X-Forwarded-Host is kept (front proxies)",
+        "127.0.0.0/8,::1/128",
+        "CIDRs of front proxies whose X-Forwarded-*, Forwarded and X-Real-IP headers are kept; add your load balancer's",
         trusted_proxies = networks
     ),
     field!(

@@ -3,8 +3,8 @@
 use std::fmt;
 
 /// Ports that always need credentials, even on a public sandbox:
-/// web terminal, toolbox, recording dashboard.
-pub const RESERVED_PORTS: [u16; 3] = [22222, 2280, 33333];
+/// web terminal, toolbox, session daemon (SDK sessions), recording dashboard.
+pub const RESERVED_PORTS: [u16; 4] = [22222, 2280, 2281, 33333];
 
 /// A TCP port of an app inside a sandbox, 1..=65535, in canonical form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -198,10 +198,10 @@ mod tests {
 
     #[test]
     fn reserved_ports_compare_as_numbers() {
-        for p in ["22222", "2280", "33333"] {
+        for p in ["22222", "2280", "2281", "33333"] {
             assert!(Port::parse(p).unwrap().is_reserved(), "{p}");
         }
-        for p in ["2281", "3000", "6080"] {
+        for p in ["2282", "3000", "6080"] {
             assert!(!Port::parse(p).unwrap().is_reserved(), "{p}");
         }
         assert_eq!(Port::parse("022222"), None);

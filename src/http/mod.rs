@@ -17,10 +17,14 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// Hop-by-hop headers (RFC 9110 7.6.1 and the legacy ones still seen).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers (RFC 9110 7.6.1, `HTTP2-Settings` of an h2c upgrade,
+/// and the legacy ones still seen).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -29,12 +33,19 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+    HTTP2_SETTINGS,
 ];
 
 /// Whether the request asks for a protocol upgrade (`Connection` holds the
 /// `upgrade` token, as in Firefox's `keep-alive, Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && has_token(headers, &header::CONNECTION, "upgrade")
+}
+
+/// Whether the request asks to upgrade to WebSocket, the one upgrade the
+/// proxy tunnels.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    is_upgrade(headers) && has_token(headers, &header::UPGRADE, "websocket")
 }
 
 /// Whether a comma-separated header holds `token` (case-insensitive).
@@ -82,6 +93,9 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         assert!(is_upgrade(&h));
+        assert!(is_websocket_upgrade(&h));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(is_upgrade(&h) && !is_websocket_upgrade(&h));
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         assert!(!is_upgrade(&h));
     }

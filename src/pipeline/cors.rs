@@ -1,6 +1,7 @@
-//! Default CORS (SPEC 3): every origin allowed with credentials, preflights
-//! answered by the proxy, one value per header on every answer, and
-//! `X-Daytona-Disable-CORS: true` to turn all of it off for a request.
+//! Default CORS (SPEC 3): every other origin allowed with credentials,
+//! preflights answered by the proxy, one value per header on every answer,
+//! nothing for same-origin requests, and `X-Daytona-Disable-CORS: true` to
+//! turn all of it off for a request.
 
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
@@ -11,14 +12,18 @@ use http::{HeaderMap, HeaderValue, Method};
 
 use crate::http::X_DAYTONA_DISABLE_CORS;
 
-const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS");
+const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS");
+/// A preflight answer depends on what was asked, not only on the origin.
+const PREFLIGHT_VARY: HeaderValue =
+    HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers");
 /// Browsers cache a preflight answer this long (12 h, as Daytona).
 const MAX_AGE: HeaderValue = HeaderValue::from_static("43200");
 
 /// What CORS does for one request.
 #[derive(Debug, PartialEq)]
 pub enum Cors {
-    /// Not a CORS request (no `Origin`), or CORS disabled by the client.
+    /// Not a CORS request (no `Origin`, or the request's own origin), or
+    /// CORS disabled by the client.
     Off,
     /// A cross-origin request: answers echo this origin.
     On { origin: HeaderValue },
@@ -26,11 +31,13 @@ pub enum Cors {
 
 impl Cors {
     /// Reads the request's CORS facts and removes `X-Daytona-Disable-CORS`.
-    pub fn take(headers: &mut HeaderMap) -> Cors {
+    /// `scheme` and `host` are what the client used (`Host` or
+    /// `:authority`): an `Origin` equal to them is same-origin.
+    pub fn take(headers: &mut HeaderMap, scheme: &str, host: Option<&HeaderValue>) -> Cors {
         let disabled =
             headers.remove(X_DAYTONA_DISABLE_CORS).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         match headers.get(ORIGIN) {
-            Some(origin) if !disabled => Cors::On { origin: origin.clone() },
+            Some(origin) if !disabled && !is_same_origin(origin, scheme, host) => Cors::On { origin: origin.clone() },
             _ => Cors::Off,
         }
     }
@@ -55,6 +62,7 @@ impl Cors {
             }
         }
         out.insert(ACCESS_CONTROL_MAX_AGE, MAX_AGE);
+        out.append(VARY, PREFLIGHT_VARY);
     }
 
     /// Sets the CORS headers on an answer, replacing any the app set, so
@@ -75,6 +83,16 @@ impl Cors {
     }
 }
 
+/// Whether `origin` is `{scheme}://{host}` (case-insensitive).
+fn is_same_origin(origin: &HeaderValue, scheme: &str, host: Option<&HeaderValue>) -> bool {
+    let Some(host) = host else { return false };
+    let origin = origin.as_bytes();
+    origin.len() == scheme.len() + 3 + host.len()
+        && origin[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+        && &origin[scheme.len()..scheme.len() + 3] == b"://"
+        && origin[scheme.len() + 3..].eq_ignore_ascii_case(host.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,7 +104,7 @@ mod tests {
     #[test]
     fn origin_is_echoed_with_credentials() {
         let mut req = headers(&[("origin", "https://app.example.com")]);
-        let cors = Cors::take(&mut req);
+        let cors = Cors::take(&mut req, "https", None);
         let mut out = headers(&[
             ("access-control-allow-origin", "http://localhost:8082"),
             ("access-control-allow-credentials", "false"),
@@ -100,12 +118,29 @@ mod tests {
     }
 
     #[test]
+    fn same_origin_requests_get_no_cors() {
+        let host = HeaderValue::from_static("3000-sbx.Preview.io:4000");
+        let table = [
+            ("https://3000-sbx.preview.io:4000", "https", false),
+            ("http://3000-sbx.preview.io:4000", "https", true),
+            ("https://3000-sbx.preview.io", "https", true),
+            ("https://3000-sbx.preview.io:40000", "https", true),
+            ("https://other.io", "https", true),
+        ];
+        for (origin, scheme, cross) in table {
+            let mut req = headers(&[("origin", origin)]);
+            let cors = Cors::take(&mut req, scheme, Some(&host));
+            assert_eq!(matches!(cors, Cors::On { .. }), cross, "{origin}");
+        }
+    }
+
+    #[test]
     fn disable_header_turns_cors_off_and_is_removed() {
         let mut req = headers(&[("origin", "https://a"), ("x-daytona-disable-cors", "TRUE")]);
-        assert_eq!(Cors::take(&mut req), Cors::Off);
+        assert_eq!(Cors::take(&mut req, "https", None), Cors::Off);
         assert!(!req.contains_key(X_DAYTONA_DISABLE_CORS));
         let mut req = headers(&[("origin", "https://a"), ("x-daytona-disable-cors", "false")]);
-        assert!(matches!(Cors::take(&mut req), Cors::On { .. }));
+        assert!(matches!(Cors::take(&mut req, "https", None), Cors::On { .. }));
         assert!(!req.contains_key(X_DAYTONA_DISABLE_CORS));
     }
 
@@ -116,7 +151,7 @@ mod tests {
             ("access-control-request-method", "PUT"),
             ("access-control-request-headers", "x-custom, content-type"),
         ]);
-        let cors = Cors::take(&mut req);
+        let cors = Cors::take(&mut req, "https", None);
         assert!(cors.is_preflight(&Method::OPTIONS, &req));
         assert!(!cors.is_preflight(&Method::GET, &req));
         let mut out = HeaderMap::new();
@@ -124,8 +159,14 @@ mod tests {
         assert_eq!(out[ACCESS_CONTROL_ALLOW_HEADERS], "x-custom, content-type");
         assert!(out[ACCESS_CONTROL_ALLOW_METHODS].to_str().unwrap().contains("PUT"));
         assert_eq!(out[ACCESS_CONTROL_ALLOW_ORIGIN], "https://a");
+        assert_eq!(out[ACCESS_CONTROL_ALLOW_METHODS], "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS");
+        assert_eq!(out[ACCESS_CONTROL_MAX_AGE], "43200");
+        let vary: Vec<_> = out.get_all(VARY).iter().map(|v| v.to_str().unwrap().to_ascii_lowercase()).collect();
+        for v in ["origin", "access-control-request-method", "access-control-request-headers"] {
+            assert!(vary.iter().any(|x| x.contains(v)), "Vary lacks {v}: {vary:?}");
+        }
         // Without Origin it is not a CORS preflight.
         let mut plain = headers(&[("access-control-request-method", "PUT")]);
-        assert!(!Cors::take(&mut plain).is_preflight(&Method::OPTIONS, &plain));
+        assert!(!Cors::take(&mut plain, "https", None).is_preflight(&Method::OPTIONS, &plain));
     }
 }

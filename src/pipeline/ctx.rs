@@ -12,7 +12,7 @@ use hyper::upgrade::OnUpgrade;
 use super::cors::Cors;
 use crate::error::{wants_html, AuthMethod};
 use crate::http::host::{Port, PreviewHost};
-use crate::http::is_upgrade;
+use crate::http::is_websocket_upgrade;
 use crate::upstream::rewrite::Route;
 
 /// The client end of a connection, with what is derived from it once per
@@ -62,19 +62,23 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// Reads what every phase needs; takes the CORS control header out.
-    pub fn new(req: &mut Request<Incoming>, peer: &super::Peer) -> RequestCtx {
+    /// `scheme` is the one users see (`PROXY_PROTOCOL`).
+    pub fn new(req: &mut Request<Incoming>, peer: &super::Peer, scheme: &str) -> RequestCtx {
         let host = match req.uri().authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
             None => req.headers().get(HOST).cloned(),
         };
-        let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut *req));
+        // Only WebSocket upgrades are tunnelled: any other `Upgrade` (h2c)
+        // is dropped with the hop-by-hop headers and served as plain HTTP.
+        let client_upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut *req));
+        let cors = Cors::take(req.headers_mut(), scheme, host.as_ref());
         RequestCtx {
             started: Instant::now(),
             peer: peer.addr,
             peer_value: peer.ip_value.clone(),
             method: req.method().clone(),
             html: wants_html(req.headers()),
-            cors: Cors::take(req.headers_mut()),
+            cors,
             host,
             port: None,
             auth: None,

@@ -24,7 +24,7 @@ use crate::control_plane::activity::Activity;
 use crate::control_plane::{unix_now, ControlPlane, DaytonaApi, Registry, Target};
 use crate::error::{ErrorPages, ProxyError};
 use crate::http::host::{self, Port};
-use crate::http::{is_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE};
+use crate::http::{is_websocket_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE};
 use crate::metrics::Metrics;
 use crate::upstream::body::{is_streaming, UpstreamBody};
 use crate::upstream::pool::{Lease, Pool};
@@ -133,7 +133,7 @@ impl Proxy {
 
     /// Answers one request. Never fails: errors become negotiated pages.
     pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-        let mut ctx = RequestCtx::new(&mut req, peer);
+        let mut ctx = RequestCtx::new(&mut req, peer, self.shared.proto);
         let result = async {
             // 1. Request filter: preflights, the proxy's own routes, the warning page.
             let (req, dest) = match self.request_filter(req, &mut ctx).await? {
@@ -166,6 +166,7 @@ impl Proxy {
     /// Request filter: preflights are answered, then the proxy's own routes
     /// (any non-preview host, and the accept endpoint), then the warning page.
     async fn request_filter(&self, req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Filtered, ProxyError> {
+        check_request_line(&req)?;
         if ctx.cors.is_preflight(req.method(), req.headers()) {
             let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
             *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -185,7 +186,8 @@ impl Proxy {
             return Err(ProxyError::NoRoute);
         }
         if let Some(page) = &self.shared.warning {
-            if warning_page::should_warn(req.method(), req.headers(), preview.port(), is_upgrade(req.headers())) {
+            let upgrade = is_websocket_upgrade(req.headers());
+            if warning_page::should_warn(req.method(), req.headers(), preview.port(), upgrade) {
                 let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
                 let url = format!("{}://{host}{pq}", self.shared.proto);
                 return Ok(Filtered::Answer(page.render(&url).map(Either::Right)));
@@ -382,4 +384,24 @@ impl Proxy {
             tracing::debug!(method = %ctx.method, status = status.as_u16(), ?port, elapsed_ms, "answered");
         }
     }
+}
+
+/// Requests no proxy should pass on: `CONNECT` (405: the proxy opens no raw
+/// channels), two `Host` headers (RFC 9112 3.2), or an HTTP/2 `Host` that
+/// disagrees with `:authority` (RFC 9113 8.3.1).
+fn check_request_line(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("the request has more than one Host header"));
+    }
+    if let (http::Version::HTTP_2, Some(host), Some(authority)) = (req.version(), first, req.uri().authority()) {
+        if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
+            return Err(ProxyError::BadRequest("the Host header disagrees with :authority"));
+        }
+    }
+    Ok(())
 }

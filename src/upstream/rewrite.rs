@@ -13,7 +13,10 @@ use crate::control_plane::Target;
 use crate::error::ProxyError;
 use crate::http::host::Port;
 use crate::http::path::has_dot_segment;
-use crate::http::{remove_hop_by_hop, X_DAYTONA_AUTHORIZATION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::http::{
+    remove_hop_by_hop, FORWARDED, X_DAYTONA_AUTHORIZATION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    X_REAL_IP,
+};
 
 /// What a request asks for inside the sandbox.
 #[derive(Clone, Copy, Debug)]
@@ -133,6 +136,11 @@ pub fn prepare_request_headers(
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(down.proto));
     if !(down.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         headers.insert(X_FORWARDED_HOST, down.host.clone());
+    }
+    if !down.trusted {
+        // A client's own claims about where it comes from reach no app.
+        headers.remove(FORWARDED);
+        headers.remove(X_REAL_IP);
     }
     headers.remove(&X_DAYTONA_AUTHORIZATION);
     if let Target::Runner(runner) = target {
@@ -295,9 +303,12 @@ mod tests {
         let untrusted = Downstream { trusted: false, ..down };
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed.example.com"));
+        h.insert(FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
         prepare_request_headers(&mut h, &untrusted, &Target::Direct("127.0.0.1".into()), None);
         assert_eq!(h[X_FORWARDED_HOST], "3000-a.proxy.io");
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9", "the first hop is the peer");
+        assert!(h.get(FORWARDED).is_none() && h.get(X_REAL_IP).is_none(), "an untrusted client's claims go");
         assert!(h.get(header::HOST).is_none(), "direct mode: set from the URI");
         assert!(h.get(X_DAYTONA_AUTHORIZATION).is_none());
     }

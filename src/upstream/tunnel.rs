@@ -1,14 +1,16 @@
-//! Upgraded connections (WebSockets) after the 101: bytes copied both ways
-//! until either side closes, an idle timeout, a count of open tunnels, and
+//! Upgraded connections (WebSockets) after the 101: each direction copied
+//! on its own until either side closes, an idle limit that also ends a
+//! write blocked on a peer that does not read, a count of open tunnels, and
 //! a close for all of them at the end of graceful shutdown.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::control_plane::activity::ActivityGuard;
@@ -96,41 +98,92 @@ enum End {
     Shutdown,
 }
 
-/// Copies both ways until one side closes, nothing moves for `idle`, or
-/// `close` turns true. A write waits for the peer, so a slow reader slows
-/// the writer instead of growing buffers.
-async fn copy<A, B>(mut a: A, mut b: B, idle: Duration, mut close: watch::Receiver<bool>) -> std::io::Result<End>
+/// When a tunnel last moved bytes, and since when each direction has been
+/// waiting to write: milliseconds since `base` (0 = not waiting). Shared
+/// by the two directions and the watchdog of one tunnel.
+struct Clock {
+    base: Instant,
+    last: AtomicU64,
+    writing_since: [AtomicU64; 2],
+}
+
+impl Clock {
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    fn moved(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn writing(&self, dir: usize, waiting: bool) {
+        self.writing_since[dir].store(if waiting { self.now() } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing moved for `idle`, or a write has waited that
+    /// long for a peer that does not read.
+    async fn expired(&self, idle: Duration) {
+        let idle = idle.as_millis() as u64;
+        loop {
+            let mut deadline = self.last.load(Ordering::Relaxed) + idle;
+            for since in &self.writing_since {
+                let since = since.load(Ordering::Relaxed);
+                if since != 0 {
+                    deadline = deadline.min(since + idle);
+                }
+            }
+            let now = self.now();
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(deadline - now)).await;
+        }
+    }
+}
+
+/// One direction: reads from `from` and writes to `to` until `from` ends.
+async fn pump<R, W>(from: &mut R, to: &mut W, dir: usize, clock: &Clock) -> io::Result<()>
 where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     // Not zeroed: an idle tunnel's buffers stay untouched, so mostly not
     // resident, which is what 5,000 idle tunnels cost.
-    let mut from_a = BytesMut::with_capacity(BUFFER);
-    let mut from_b = BytesMut::with_capacity(BUFFER);
-    let deadline = tokio::time::sleep(idle);
-    tokio::pin!(deadline);
-    let end = loop {
-        tokio::select! {
-            n = a.read_buf(&mut from_a) => match n? {
-                0 => break End::Closed,
-                _ => {
-                    b.write_all(&from_a).await?;
-                    from_a.clear();
-                }
-            },
-            n = b.read_buf(&mut from_b) => match n? {
-                0 => break End::Closed,
-                _ => {
-                    a.write_all(&from_b).await?;
-                    from_b.clear();
-                }
-            },
-            () = &mut deadline => break End::Idle,
-            () = closed(&mut close) => break End::Shutdown,
+    let mut buf = BytesMut::with_capacity(BUFFER);
+    loop {
+        if from.read_buf(&mut buf).await? == 0 {
+            return Ok(());
         }
-        deadline.as_mut().reset(tokio::time::Instant::now() + idle);
+        clock.moved();
+        clock.writing(dir, true);
+        to.write_all(&buf).await?;
+        clock.writing(dir, false);
+        clock.moved();
+        buf.clear();
+    }
+}
+
+/// Copies both ways, each direction on its own, until one side closes,
+/// nothing moves (or a write waits) for `idle`, or `close` turns true. A
+/// slow reader slows only the direction that writes to it; the other
+/// direction, the idle deadline and the shutdown signal keep going.
+async fn copy<A, B>(a: A, b: B, idle: Duration, mut close: watch::Receiver<bool>) -> io::Result<End>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let clock = Clock { base: Instant::now(), last: AtomicU64::new(1), writing_since: Default::default() };
+    let end = tokio::select! {
+        r = pump(&mut a_read, &mut b_write, 0, &clock) => r.map(|()| End::Closed),
+        r = pump(&mut b_read, &mut a_write, 1, &clock) => r.map(|()| End::Closed),
+        () = clock.expired(idle) => Ok(End::Idle),
+        () = closed(&mut close) => Ok(End::Shutdown),
     };
-    let _ = tokio::join!(a.shutdown(), b.shutdown());
-    Ok(end)
+    // A peer that does not read must not hold the close up either.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(1), async { tokio::join!(a_write.shutdown(), b_write.shutdown()) })
+            .await;
+    end
 }

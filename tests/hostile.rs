@@ -1,0 +1,233 @@
+//! Hostile clients and broken peers, on raw sockets (SPEC 2, 3, 6, 7): a
+//! friendly client library buffers, retries or reassembles, and hides what
+//! an attacker's bytes would show.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "a test or tool fails loudly")]
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A proxy with public sandbox `demo` served straight from 127.0.0.1.
+async fn proxy(adjust: impl FnOnce(&mut preview_proxy::config::Config)) -> (TestProxy, tempfile::TempDir) {
+    let (mut config, dir, _) =
+        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    adjust(&mut config);
+    (TestProxy::start(config).await, dir)
+}
+
+/// Reads until the end of a response head; returns it.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "connection closed inside the head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Sends a raw request that asks for `Connection: close`; returns the whole answer.
+async fn raw(proxy: &TestProxy, request: &str) -> String {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the proxy answers");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An app that accepts one WebSocket upgrade per connection and then, at
+/// the same time and independently, sends `send` bytes and reads whatever
+/// comes (the count is in the returned counter). It never looks at frames:
+/// the proxy only moves bytes.
+async fn full_duplex_app(send: usize) -> (u16, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                read_head(&mut s).await;
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                    .await
+                    .unwrap();
+                let (mut r, mut w) = s.into_split();
+                let writer = tokio::spawn(async move {
+                    let chunk = vec![b'a'; 64 * 1024];
+                    let mut left = send;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        if w.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        left -= n;
+                    }
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = r.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    counter.fetch_add(n as u64, Ordering::SeqCst);
+                }
+                writer.abort();
+            });
+        }
+    });
+    (port, received)
+}
+
+/// Opens a WebSocket through the proxy on a raw socket; returns it after
+/// the 101.
+async fn upgrade(proxy: &TestProxy, port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {port}-demo.preview.localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+#[tokio::test]
+async fn a_websocket_moves_both_ways_while_the_client_writes_without_reading() {
+    const SIZE: usize = 32 * 1024 * 1024;
+    let (app_port, received) = full_duplex_app(SIZE).await;
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let s = upgrade(&proxy, app_port).await;
+    let (mut r, mut w) = s.into_split();
+    let done = async {
+        // All of it is written before a single byte is read: the app's
+        // stream towards this client backs up meanwhile.
+        let chunk = vec![b'b'; 64 * 1024];
+        for _ in 0..SIZE / chunk.len() {
+            w.write_all(&chunk).await.unwrap();
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < SIZE {
+            let n = r.read(&mut buf).await.unwrap();
+            assert!(n > 0, "tunnel closed after {got} bytes");
+            got += n;
+        }
+        wait_for(|| async { received.load(Ordering::SeqCst) == SIZE as u64 }).await;
+    };
+    tokio::time::timeout(Duration::from_secs(30), done).await.expect("no deadlock: both directions complete");
+}
+
+#[tokio::test]
+async fn a_tunnel_blocked_on_a_client_that_never_reads_is_closed_after_the_idle_limit() {
+    // The app keeps sending; the client reads nothing, ever.
+    let (app_port, _) = full_duplex_app(usize::MAX).await;
+    let (proxy, _dir) = proxy(|c| c.tunnel_idle_timeout = Duration::from_secs(1)).await;
+    let _client = upgrade(&proxy, app_port).await;
+    let tunnels = proxy.proxy.tunnels().clone();
+    wait_for(|| async { tunnels.open() == 1 }).await;
+    wait_for(|| async { tunnels.open() == 0 }).await;
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_405() {
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let answer =
+        raw(&proxy, "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 22-demo.preview.localhost\r\nConnection: close\r\n\r\n")
+            .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("METHOD_NOT_ALLOWED"), "{answer}");
+}
+
+#[tokio::test]
+async fn two_host_headers_are_a_400() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let port = app.addr.port();
+    let answer = raw(
+        &proxy,
+        &format!(
+            "GET / HTTP/1.1\r\nHost: {port}-demo.preview.localhost\r\nHost: {port}-other.preview.localhost\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(app.seen().is_empty(), "nothing reached the app");
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_served_as_plain_http_and_never_tunnelled() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let port = app.addr.port();
+    let answer = raw(
+        &proxy,
+        &format!(
+            "GET /x HTTP/1.1\r\nHost: {port}-demo.preview.localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = app.last();
+    for name in ["upgrade", "http2-settings"] {
+        assert!(seen.headers.get(name).is_none(), "{name} reached the app");
+    }
+    assert!(!seen.headers.get("connection").is_some_and(|v| v.to_str().unwrap().contains("pgrade")));
+}
+
+#[tokio::test]
+async fn an_untrusted_clients_forwarded_and_x_real_ip_never_reach_the_app() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|c| c.trusted_proxies = vec![]).await;
+    let host = format!("{}-demo.preview.localhost", app.addr.port());
+    let a = send(
+        &proxy,
+        "GET",
+        &host,
+        "/",
+        &[("forwarded", "for=6.6.6.6;host=evil.com"), ("x-real-ip", "6.6.6.6"), ("x-forwarded-host", "evil.com")],
+        empty(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let seen = app.last();
+    assert!(seen.headers.get("forwarded").is_none() && seen.headers.get("x-real-ip").is_none());
+    assert_eq!(seen.headers["x-forwarded-host"], host);
+}
+
+#[tokio::test]
+async fn same_origin_requests_get_no_cors_headers_and_preflights_vary() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let host = format!("{}-demo.preview.localhost", app.addr.port());
+    let same = send(&proxy, "GET", &host, "/", &[("origin", &format!("http://{host}"))], empty()).await;
+    assert_eq!(same.status, 200);
+    assert!(same.headers.get("access-control-allow-origin").is_none(), "{:?}", same.headers);
+    let cross = send(&proxy, "GET", &host, "/", &[("origin", "http://localhost:5173")], empty()).await;
+    assert_eq!(cross.headers["access-control-allow-origin"], "http://localhost:5173");
+    let preflight = send(
+        &proxy,
+        "OPTIONS",
+        &host,
+        "/",
+        &[("origin", "http://localhost:5173"), ("access-control-request-method", "PUT")],
+        empty(),
+    )
+    .await;
+    assert_eq!(preflight.status, 204);
+    let vary = preflight
+        .headers
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(vary.contains("origin") && vary.contains("access-control-request-method"), "{vary}");
+}
