@@ -277,6 +277,17 @@ async fn revoked_signed_token_is_refused_without_a_cookie() {
 }
 
 #[tokio::test]
+async fn a_signed_token_is_cached_no_longer_than_an_invalid_credential() {
+    // The API's answer gives no expiry: a revoked (or expired) token must
+    // stop working within the invalid-credential TTL, not the valid one.
+    let w = world_with(|c| c.cache.invalid_credential_ttl = Duration::from_millis(300)).await;
+    w.api.add_signed(SIGNED, "priv1", 3000);
+    assert_eq!(get(&w.proxy, &host(3000, SIGNED), "/").await.status, 200);
+    w.api.revoke_signed(SIGNED);
+    wait_for(|| async { get(&w.proxy, &host(3000, SIGNED), "/").await.status == 401 }).await;
+}
+
+#[tokio::test]
 async fn query_key_sets_a_cookie_for_the_page_requests() {
     let w = world().await;
     let h = host(3000, "priv1");
@@ -404,6 +415,7 @@ async fn registry_answers_every_method() {
     let cookie = cookie_pair(&set_cookie(&a));
     preview_proxy::control_plane::signed_url::revoke(&config, &token, now).unwrap();
     wait_for(|| async { get(&proxy, &signed_host, "/").await.status == 401 }).await;
-    assert_eq!(send(&proxy, "GET", &signed_host, "/", &[("cookie", &cookie)], empty()).await.status, 200);
+    // Revoking means revoked: the cookie the token minted ends with it.
+    assert_eq!(send(&proxy, "GET", &signed_host, "/", &[("cookie", &cookie)], empty()).await.status, 401);
     assert!(std::fs::read_to_string(&path).unwrap().contains(&token));
 }

@@ -175,7 +175,9 @@ impl DaytonaApi {
     }
 
     /// `GET /preview/{token}/{port}/sandbox-id`: the sandbox a signed token
-    /// opens on this port; 403/404 mean invalid or expired.
+    /// opens on this port; 403/404 mean invalid or expired. Cached for the
+    /// invalid-credential TTL only, so an expired or revoked token stops
+    /// working within it (SPEC 2).
     pub async fn resolve_signed(&self, token: &str, port: Port) -> Result<Option<Arc<str>>, LookupError> {
         self.signed
             .get(&credential_key(&port.to_string(), token), || async {
@@ -186,7 +188,9 @@ impl DaytonaApi {
                 }
                 let id = parse_sandbox_id(&body)
                     .ok_or_else(|| LookupError::Invalid("signed-token lookup returned no usable sandbox id".into()))?;
-                Ok((Some(id), self.valid_ttl))
+                // The answer does not say when the token expires or whether
+                // it is revoked: keep it no longer than an invalid answer.
+                Ok((Some(id), self.valid_ttl.min(self.invalid_ttl)))
             })
             .await
     }

@@ -137,6 +137,15 @@ impl ControlPlane {
         }
     }
 
+    /// Whether a signed token was revoked, so the cookies it minted end too.
+    /// Only the embedded registry knows; the API's tokens just expire.
+    pub fn is_revoked(&self, token: &str) -> bool {
+        match self {
+            ControlPlane::Api(_) => false,
+            ControlPlane::Registry(reg) => reg.snapshot().is_revoked(token),
+        }
+    }
+
     /// Records that the sandbox is in use (keeps it from auto-stopping).
     pub async fn touch(&self, sandbox_id: &str) -> Result<(), LookupError> {
         match self {

@@ -37,6 +37,9 @@ struct SignedUrlEntry {
     port: u16,
     /// Unix seconds.
     expires_at: u64,
+    /// Set by `revoke-url`: the cookies this token minted end too.
+    #[serde(default)]
+    revoked: bool,
 }
 
 /// A signed preview URL: a token bound to one sandbox and port until expiry.
@@ -45,6 +48,7 @@ pub struct SignedUrl {
     pub sandbox: String,
     pub port: u16,
     pub expires_at: u64,
+    pub revoked: bool,
 }
 
 #[derive(Deserialize)]
@@ -153,7 +157,8 @@ impl Snapshot {
             } else if u.port == 0 {
                 errors.push(format!("signed_urls for {sandbox}: port must be 1-65535"));
             } else {
-                signed_urls.insert(u.token, SignedUrl { sandbox, port: u.port, expires_at: u.expires_at });
+                signed_urls
+                    .insert(u.token, SignedUrl { sandbox, port: u.port, expires_at: u.expires_at, revoked: u.revoked });
             }
         }
         if errors.is_empty() {
@@ -181,7 +186,13 @@ impl Snapshot {
     /// The sandbox a signed token opens on `port`, unless it has expired.
     pub fn resolve_signed(&self, token: &str, port: u16, now: u64) -> Option<&str> {
         let u = self.signed_urls.get(token)?;
-        (u.port == port && now < u.expires_at).then_some(u.sandbox.as_str())
+        (u.port == port && now < u.expires_at && !u.revoked).then_some(u.sandbox.as_str())
+    }
+
+    /// Whether `revoke-url` revoked this token (entries are kept until the
+    /// cookies they minted have expired).
+    pub fn is_revoked(&self, token: &str) -> bool {
+        self.signed_urls.get(token).is_some_and(|u| u.revoked)
     }
 }
 
@@ -355,6 +366,13 @@ mod tests {
             sandbox = "a"
             port = 3000
             expires_at = 2000
+
+            [[signed_urls]]
+            token = "gone1"
+            sandbox = "a"
+            port = 3000
+            expires_at = 5000
+            revoked = true
             "#,
         )
         .unwrap();
@@ -369,6 +387,8 @@ mod tests {
         assert_eq!(s.resolve_signed("abc123", 3001, 1999), None, "bound to its port");
         assert_eq!(s.resolve_signed("abc123", 3000, 2000), None, "expired");
         assert_eq!(s.resolve_signed("zzz", 3000, 0), None);
+        assert_eq!(s.resolve_signed("gone1", 3000, 1999), None, "revoked before its expiry");
+        assert!(s.is_revoked("gone1") && !s.is_revoked("abc123") && !s.is_revoked("zzz"));
     }
 
     #[test]

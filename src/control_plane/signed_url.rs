@@ -60,7 +60,8 @@ pub fn sign(config: &Config, sandbox: &str, port: u16, expires_in: u64, now: u64
     Ok(format!("{scheme}://{port}-{token}.{}/", config.domain))
 }
 
-/// Expires `token` now. Unknown tokens are an error.
+/// Expires `token` now and marks it revoked, which also ends the cookies
+/// it minted. Unknown tokens are an error.
 pub fn revoke(config: &Config, token: &str, now: u64) -> Result<(), SignUrlError> {
     Ok(edit(&config.registry_file, now, |doc| {
         let entry = signed_urls(doc)?
@@ -68,6 +69,7 @@ pub fn revoke(config: &Config, token: &str, now: u64) -> Result<(), SignUrlError
             .find(|t| t.get("token").and_then(Item::as_str) == Some(token))
             .ok_or_else(|| "no signed URL has this token".to_string())?;
         entry.insert("expires_at", value(to_i64(now)));
+        entry.insert("revoked", value(true));
         Ok(())
     })?)
 }
@@ -165,6 +167,7 @@ mod tests {
         revoke(&config, &token, NOW + 1).unwrap();
         let snap = Snapshot::parse(&std::fs::read_to_string(&config.registry_file).unwrap()).unwrap();
         assert_eq!(snap.resolve_signed(&token, 3000, NOW + 1), None);
+        assert!(snap.is_revoked(&token), "the cookies it minted end too");
         assert!(revoke(&config, "nosuchtoken", NOW).is_err());
     }
 

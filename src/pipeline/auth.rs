@@ -171,7 +171,12 @@ pub async fn authenticate(
         None => denied.0.push((AuthMethod::QueryKey, Outcome::NotSent)),
     }
     match creds.cookie.as_deref().map(|v| signer.verify(&auth_cookie::cookie_name(key), v, now)) {
-        Some(Some(grant)) if grant.port.is_none_or(|p| p == port.get()) => {
+        // A cookie minted from a signed URL (bound to its port) ends when
+        // the token is revoked.
+        Some(Some(grant))
+            if grant.port.is_none_or(|p| p == port.get())
+                && !(grant.port.is_some() && control_plane.is_revoked(key)) =>
+        {
             return Ok(Granted {
                 sandbox_id: grant.sandbox_id,
                 method: AuthMethod::Cookie,
