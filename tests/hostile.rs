@@ -231,3 +231,82 @@ async fn same_origin_requests_get_no_cors_headers_and_preflights_vary() {
         .join(",");
     assert!(vary.contains("origin") && vary.contains("access-control-request-method"), "{vary}");
 }
+
+/// Connects and returns how long the proxy took to close a connection
+/// after `send` was written (the answer, if any, is read and discarded).
+async fn closed_after(proxy: &TestProxy, send: &[u8]) -> Duration {
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(send).await.unwrap();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await.expect("closed").ok();
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_silent_connection_and_half_an_h2_preface_are_closed_after_the_header_limit() {
+    let (proxy, _dir) = proxy(|c| c.header_read_timeout = Duration::from_secs(1)).await;
+    for send in [&b""[..], b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\nHost: x"] {
+        let took = closed_after(&proxy, send).await;
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{send:?}: {took:?}");
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_has_its_own_limit_apart_from_the_header_limit() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|c| {
+        c.header_read_timeout = Duration::from_secs(1);
+        c.idle_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(request.as_bytes()).await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().trim().parse().unwrap();
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        // Idle for longer than the header limit, well inside the idle one:
+        // the connection is still there for the next request.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // Then idle past the idle limit: closed.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an idle keep-alive connection is closed after IDLE_TIMEOUT_SEC");
+    // A request started on a kept-alive connection still has only the
+    // header limit to finish its headers.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    read_head(&mut s).await;
+    let started = std::time::Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await.expect("closed");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "slow headers after keep-alive: closed after {took:?}");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_gets_a_goaway() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|c| c.idle_timeout = Duration::from_secs(1)).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{}-demo.preview.localhost/", app.addr.port()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the proxy ended the idle HTTP/2 connection");
+}

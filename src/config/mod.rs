@@ -44,6 +44,12 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     pub upstream_timeout: Duration,
     pub header_read_timeout: Duration,
+    /// Idle keep-alive (HTTP/1) and idle HTTP/2 connections.
+    pub idle_timeout: Duration,
+    pub request_body_timeout: Duration,
+    /// `None`: off.
+    pub response_idle_timeout: Option<Duration>,
+    pub max_concurrent_streams: u32,
     pub shutdown_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     /// Where `/metrics` is served, if anywhere.

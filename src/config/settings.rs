@@ -138,8 +138,35 @@ pub const SETTINGS: &[Setting] = &[
     field!(
         "HEADER_READ_TIMEOUT_SEC",
         "10",
-        "time limit for a client to send request headers",
+        "time limit for a new connection's first bytes and protocol detection, and for a request's headers",
         header_read_timeout = seconds
+    ),
+    field!(
+        "IDLE_TIMEOUT_SEC",
+        "75",
+        "close an HTTP/1 connection idle this long between requests, or an HTTP/2 one without open streams",
+        idle_timeout = seconds
+    ),
+    field!(
+        "REQUEST_BODY_TIMEOUT_SEC",
+        "60",
+        "a request body that sends nothing for this long gets 408, and its upstream request is aborted",
+        request_body_timeout = seconds
+    ),
+    field!(
+        "RESPONSE_IDLE_TIMEOUT_SEC",
+        "300",
+        "abort the client's answer when the app sends no body bytes for this long (SSE too); 0 = off",
+        response_idle_timeout = |v| seconds_or_zero(v).map(|d| (!d.is_zero()).then_some(d))
+    ),
+    field!(
+        "MAX_CONCURRENT_STREAMS",
+        "128",
+        "concurrent HTTP/2 streams per client connection",
+        max_concurrent_streams = |v: &str| match v.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err("expected a number of streams, at least 1".to_string()),
+        }
     ),
     field!(
         "PREVIEW_WARNING_ENABLED",

@@ -2,20 +2,19 @@
 //! listener, TLS when configured), worker threads, graceful shutdown, and
 //! the `/metrics` listener.
 
+mod connection;
 pub mod tls;
 mod workers;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use connection::Protocol;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
 use crate::pipeline::{Peer, Proxy};
@@ -65,14 +64,11 @@ impl Server {
 /// lets in-flight requests finish, up to the configured shutdown timeout.
 pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let config = server.config();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(config.header_read_timeout);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
-    let graceful = GracefulShutdown::new();
+    let (header_read, handshake_timeout) = (config.header_read_timeout, config.tls_handshake_timeout);
     let shutdown_timeout = config.shutdown_timeout;
+    let (closing, closing_rx) = watch::channel(false);
+    let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
-    let tls = server.tls.clone();
-    let handshake_timeout = config.tls_handshake_timeout;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -88,39 +84,29 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let server = server.clone();
-        let peer = Peer::new(peer);
-        let service = service_fn(move |req| {
-            let (server, peer) = (server.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(server.proxy.handle(req, &peer).await) }
-        });
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
-        match &tls {
-            None => {
-                let conn =
-                    watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection closed with an error");
-                    }
-                });
-            }
-            Some(tls) => {
-                let acceptor = tls.acceptor().clone();
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+        let (server, peer, closing) = (server.clone(), Peer::new(peer), closing_rx.clone());
+        let counted = OpenConnection::new(&open);
+        tokio::spawn(async move {
+            let _counted = counted;
+            match &server.tls {
+                None => {
+                    let Some(protocol) = connection::detect(&stream, header_read).await else { return };
+                    connection::serve(stream, protocol, server.clone(), peer, closing).await;
+                }
+                Some(tls) => {
+                    let stream = match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => return tracing::debug!("TLS handshake timed out"),
                     };
-                    let conn = watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection closed with an error");
-                    }
-                });
+                    let protocol = match stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    connection::serve(stream, protocol, server.clone(), peer, closing).await;
+                }
             }
-        }
+        });
     }
     drop(listener);
     let tunnels = server.tunnels().clone();
@@ -128,8 +114,11 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
         tunnels = tunnels.open(),
         "shutting down: no longer accepting; waiting for in-flight requests and tunnels"
     );
+    let _ = closing.send(true);
     let finished = async {
-        graceful.shutdown().await;
+        while open.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tunnels.drained().await;
     };
     match tokio::time::timeout(shutdown_timeout, finished).await {
@@ -138,6 +127,22 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
     }
     tunnels.close_all();
     Ok(())
+}
+
+/// Counts an open client connection while it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> OpenConnection {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Errors that concern one connection only, not the listener.

@@ -1,0 +1,338 @@
+//! One client connection and every wait it has (SPEC 7): the first bytes
+//! and protocol detection, request headers, idle keep-alive between HTTP/1
+//! requests (its own limit, longer than the header limit), an idle HTTP/2
+//! connection (GOAWAY), unanswered HTTP/2 pings, and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::body::{Frame, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::Server;
+use crate::pipeline::Peer;
+use crate::upstream::Body;
+
+/// HTTP/2 pings: one after this long without frames, and the connection is
+/// closed when it is not answered within the same time.
+const PING: Duration = Duration::from_secs(20);
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Tells HTTP/1 from cleartext HTTP/2 by the first bytes, without taking
+/// them off the socket. `None`: the client closed, or sent nothing (or half
+/// an HTTP/2 preface) within `limit`.
+pub async fn detect(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
+    let look = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(Protocol::Http1);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(Protocol::Http2);
+            }
+            // A strict prefix of the preface: peek would answer at once
+            // with the same bytes, so wait a little for the rest.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(limit, look).await.ok().flatten()
+}
+
+/// Serves one connection until it ends, it idles out, or `closing` turns
+/// true (then in-flight requests finish first).
+pub async fn serve<I>(io: I, protocol: Protocol, server: Arc<Server>, peer: Peer, mut closing: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = server.config();
+    let (header_read, idle) = (config.header_read_timeout, config.idle_timeout);
+    let reads = Arc::new(ReadClock { base: Instant::now(), last: AtomicU64::new(0) });
+    let streams = Arc::new(Streams { base: Instant::now(), open: AtomicUsize::new(0), idle_since: AtomicU64::new(0) });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    match protocol {
+        Protocol::Http1 => {
+            builder = builder.http1_only();
+            let timer = HeadTimer { header_read, idle, reads: reads.clone(), used: AtomicBool::new(false) };
+            builder.http1().timer(timer).header_read_timeout(header_read);
+        }
+        Protocol::Http2 => {
+            builder = builder.http2_only();
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(config.max_concurrent_streams)
+                .keep_alive_interval(PING)
+                .keep_alive_timeout(PING);
+        }
+    }
+    let h2 = protocol == Protocol::Http2;
+    let counted = streams.clone();
+    let service = service_fn(move |req| {
+        let (server, peer) = (server.clone(), peer.clone());
+        let open = h2.then(|| StreamGuard::new(counted.clone()));
+        async move {
+            let resp = server.proxy.handle(req, &peer).await;
+            Ok::<_, Infallible>(resp.map(|body| Counted { body, _open: open }))
+        }
+    });
+    let io = TokioIo::new(Watched { inner: io, reads });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut ending = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection closed with an error");
+                }
+                return;
+            }
+            () = streams.idle_for(idle), if h2 && !ending => {
+                tracing::debug!("idle HTTP/2 connection closed");
+                conn.as_mut().graceful_shutdown();
+                ending = true;
+            }
+            _ = closing.wait_for(|c| *c), if !ending => {
+                conn.as_mut().graceful_shutdown();
+                ending = true;
+            }
+        }
+    }
+}
+
+/// When the connection last received bytes (nanoseconds since `base`; 0:
+/// never).
+struct ReadClock {
+    base: Instant,
+    last: AtomicU64,
+}
+
+impl ReadClock {
+    fn last_read(&self) -> Option<Instant> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.base + Duration::from_nanos(n)),
+        }
+    }
+}
+
+/// The client's stream, noting when bytes arrive.
+struct Watched<I> {
+    inner: I,
+    reads: Arc<ReadClock>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let nanos = this.reads.base.elapsed().as_nanos() as u64;
+            this.reads.last.store(nanos.max(1), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// hyper's HTTP/1 header-read timer, made to tell idle keep-alive from a
+/// slow request: hyper starts it when it waits for a request. The first
+/// request's headers must arrive within `header_read`; between requests
+/// the connection may idle for `idle`, and once the next request's first
+/// byte arrives its headers have `header_read`.
+struct HeadTimer {
+    header_read: Duration,
+    idle: Duration,
+    reads: Arc<ReadClock>,
+    /// A first request has been waited for.
+    used: AtomicBool,
+}
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeadSleep::new(self, Instant::now(), duration, false))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let keep_alive = self.used.swap(true, Ordering::Relaxed);
+        Box::pin(HeadSleep::new(self, deadline - self.header_read, self.header_read, keep_alive))
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<HeadSleep>() {
+            Some(mut head) => {
+                head.started = new_deadline - self.header_read;
+                head.keep_alive = true;
+                head.first_byte = None;
+            }
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
+}
+
+struct HeadSleep {
+    /// When hyper began waiting for a request.
+    started: Instant,
+    header_read: Duration,
+    idle: Duration,
+    /// Waiting for a request after the first.
+    keep_alive: bool,
+    /// When that request's first byte arrived.
+    first_byte: Option<Instant>,
+    reads: Arc<ReadClock>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HeadSleep {
+    fn new(timer: &HeadTimer, started: Instant, header_read: Duration, keep_alive: bool) -> HeadSleep {
+        HeadSleep {
+            started,
+            header_read,
+            idle: timer.idle,
+            keep_alive,
+            first_byte: None,
+            reads: timer.reads.clone(),
+            sleep: Box::pin(tokio::time::sleep_until((started + header_read).into())),
+        }
+    }
+}
+
+impl Future for HeadSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.keep_alive && this.first_byte.is_none() {
+            this.first_byte = this.reads.last_read().filter(|t| *t > this.started);
+        }
+        let deadline = match (this.keep_alive, this.first_byte) {
+            (false, _) => this.started + this.header_read,
+            (true, None) => this.started + this.idle,
+            (true, Some(first)) => first + this.header_read,
+        };
+        if this.sleep.deadline() != deadline.into() {
+            this.sleep.as_mut().reset(deadline.into());
+        }
+        this.sleep.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HeadSleep {}
+
+/// Open streams of an HTTP/2 connection, and since when it has had none.
+struct Streams {
+    base: Instant,
+    open: AtomicUsize,
+    /// Milliseconds since `base` when the last stream ended.
+    idle_since: AtomicU64,
+}
+
+impl Streams {
+    /// Completes once no stream has been open for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let wait = match self.open.load(Ordering::Relaxed) {
+                0 => {
+                    let since = Duration::from_millis(self.idle_since.load(Ordering::Relaxed));
+                    let idle_so_far = self.base.elapsed().saturating_sub(since);
+                    match idle.checked_sub(idle_so_far) {
+                        Some(left) if !left.is_zero() => left,
+                        _ => return,
+                    }
+                }
+                _ => idle,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One open HTTP/2 stream, from the request until its answer's body ends.
+struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn new(streams: Arc<Streams>) -> StreamGuard {
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(streams)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let streams = &self.0;
+        streams.idle_since.store(streams.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        streams.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer's body, holding its stream open while it is sent.
+struct Counted {
+    body: Body,
+    _open: Option<StreamGuard>,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = <Body as hyper::body::Body>::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
