@@ -29,6 +29,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("the client's request body stalled")]
+    RequestBodyTimeout,
+    #[error("the client's request body is malformed")]
+    BadRequestBody,
     #[error("control plane unavailable: {0}")]
     ControlPlaneUnavailable(String),
     #[error("control plane answer unusable: {0}")]
@@ -66,6 +70,8 @@ impl ProxyError {
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::BadPath | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
             ProxyError::ControlPlaneUnavailable(_) | ProxyError::SandboxStarting | ProxyError::SandboxStopping => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -87,6 +93,8 @@ impl ProxyError {
             ProxyError::BadPath => "BAD_PATH",
             ProxyError::BadRequest(_) => "BAD_REQUEST",
             ProxyError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ProxyError::RequestBodyTimeout => "REQUEST_BODY_TIMEOUT",
+            ProxyError::BadRequestBody => "BAD_REQUEST_BODY",
             ProxyError::ControlPlaneUnavailable(_) => "CONTROL_PLANE_UNAVAILABLE",
             ProxyError::ControlPlaneInvalid(_) => "CONTROL_PLANE_ERROR",
             ProxyError::PortNotListening(_) => "PORT_NOT_LISTENING",
@@ -108,6 +116,8 @@ impl ProxyError {
             ProxyError::BadPath => "Path not allowed".into(),
             ProxyError::BadRequest(_) => "Bad request".into(),
             ProxyError::MethodNotAllowed => "Method not allowed".into(),
+            ProxyError::RequestBodyTimeout => "Request body timed out".into(),
+            ProxyError::BadRequestBody => "Malformed request body".into(),
             ProxyError::ControlPlaneUnavailable(_) => "Preview service temporarily unavailable".into(),
             ProxyError::ControlPlaneInvalid(_) => "Preview service error".into(),
             ProxyError::PortNotListening(port) => format!("Nothing is listening on port {port}"),
@@ -130,6 +140,8 @@ impl ProxyError {
             ProxyError::SandboxNotFound => "The sandbox in this URL does not exist or has no running host. Check the URL; the sandbox may have been deleted or archived.".into(),
             ProxyError::Unauthorized(denied) => denied.message(),
             ProxyError::BadRequest(why) => format!("The proxy cannot forward this request: {why}. Send it again as a well-formed request."),
+            ProxyError::RequestBodyTimeout => "The upload stopped: no request body bytes arrived in time. Check the connection and send the request again.".into(),
+            ProxyError::BadRequestBody => "The request body is malformed (for example a bad chunk size). Send it again as a well-formed request.".into(),
             ProxyError::MethodNotAllowed => "CONNECT is not supported: preview URLs serve HTTP and WebSocket only.".into(),
             ProxyError::BadPath => "The request path must start with '/' and must not contain '.' or '..' segments (also percent-encoded or with backslashes). Request the resolved path instead.".into(),
             ProxyError::ControlPlaneUnavailable(_) => "The service that knows where sandboxes run is not answering. Try again in a few seconds.".into(),
@@ -277,6 +289,8 @@ pub(crate) fn every_error() -> Vec<ProxyError> {
         ProxyError::BadPath,
         ProxyError::BadRequest("two Host headers"),
         ProxyError::MethodNotAllowed,
+        ProxyError::RequestBodyTimeout,
+        ProxyError::BadRequestBody,
         ProxyError::ControlPlaneUnavailable(String::new()),
         ProxyError::ControlPlaneInvalid(String::new()),
         ProxyError::PortNotListening(port),

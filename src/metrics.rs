@@ -7,13 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::StatusCode;
 
 /// Proxy error codes, in the order of [`Metrics::errors`].
-pub const ERROR_CODES: [&str; 15] = [
+pub const ERROR_CODES: [&str; 17] = [
     "NOT_FOUND",
     "SANDBOX_NOT_FOUND",
     "UNAUTHORIZED",
     "BAD_PATH",
     "BAD_REQUEST",
     "METHOD_NOT_ALLOWED",
+    "REQUEST_BODY_TIMEOUT",
+    "BAD_REQUEST_BODY",
     "CONTROL_PLANE_UNAVAILABLE",
     "CONTROL_PLANE_ERROR",
     "PORT_NOT_LISTENING",

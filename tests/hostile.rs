@@ -310,3 +310,69 @@ async fn an_idle_http2_connection_gets_a_goaway() {
     let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
     assert!(ended.is_ok(), "the proxy ended the idle HTTP/2 connection");
 }
+
+/// The count of 5xx answers in the proxy's metrics.
+fn server_errors(proxy: &TestProxy) -> u64 {
+    let text = proxy.proxy.proxy.shared.metrics.render(0);
+    let line = text.lines().find(|l| l.starts_with("preview_proxy_responses_total{class=\"5xx\"}")).unwrap();
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_the_clients_400_not_a_502() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let answer = raw(
+        &proxy,
+        &format!(
+            "POST /upload HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            app.addr.port()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("BAD_REQUEST_BODY"), "{answer}");
+    assert_eq!(server_errors(&proxy), 0, "a client's mistake is not a server error");
+}
+
+#[tokio::test]
+async fn a_stalled_upload_gets_408() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|c| c.request_body_timeout = Duration::from_secs(1)).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\nContent-Length: 100\r\nConnection: close\r\n\r\n0123456789",
+        app.addr.port()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("answered");
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("REQUEST_BODY_TIMEOUT"), "{answer}");
+    assert_eq!(server_errors(&proxy), 0);
+}
+
+#[tokio::test]
+async fn a_stalled_download_is_aborted_never_ended_cleanly() {
+    // The app sends its head and 10 of 100 bytes, then nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_head(&mut s).await;
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let (proxy, _dir) = proxy(|c| c.response_idle_timeout = Some(Duration::from_secs(1))).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {port}-demo.preview.localhost\r\n\r\n").as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut body)).await.expect("aborted in time");
+    assert!(body.len() < 100, "the client must see a truncated body, got {} bytes", body.len());
+}

@@ -28,6 +28,7 @@ use crate::http::{is_websocket_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_A
 use crate::metrics::Metrics;
 use crate::upstream::body::{is_streaming, UpstreamBody};
 use crate::upstream::pool::{Lease, Pool};
+use crate::upstream::request_body::ClientBody;
 use crate::upstream::rewrite::{self, Downstream};
 use crate::upstream::tunnel::Tunnels;
 use crate::upstream::{wake, Body};
@@ -149,6 +150,7 @@ impl Proxy {
             self.upstream_request_filter(&mut parts, &dest, &sandbox_id, &target, &ctx)?;
             // 5. Send, and wait for the response head.
             let direct = matches!(target, Target::Direct(_));
+            let body = ClientBody::new(body, self.shared.config.request_body_timeout);
             let out = Request::from_parts(parts, Either::Left(body));
             let timeout = self.shared.config.upstream_timeout;
             let (resp, lease) = self.pool.send(out, timeout, dest.port(), direct).await?;
@@ -355,9 +357,10 @@ impl Proxy {
         let mut resp = Response::from_parts(parts, body);
         if let (true, Some(client)) = (upgraded, ctx.client_upgrade.take()) {
             shared.tunnels.spawn(client, hyper::upgrade::on(&mut resp), guard);
-            return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None, None))));
+            return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None, None, None))));
         }
-        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, lease, guard))))
+        let idle = shared.config.response_idle_timeout;
+        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, lease, guard, idle))))
     }
 
     /// The proxy's own answer for `err`, counted.

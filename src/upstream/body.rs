@@ -1,12 +1,24 @@
-//! The upstream's response body on its way to the client: it holds the
-//! pooled connection until read to the end, and the sandbox's activity
-//! keep-alive while it streams.
+//! The upstream's response body on its way to the client: bounded by
+//! `RESPONSE_IDLE_TIMEOUT_SEC`, holding the pooled connection until read to
+//! the end and the sandbox's activity keep-alive while it streams.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 
 use super::pool::Lease;
+use super::request_body::IdleLimit;
 use crate::control_plane::activity::ActivityGuard;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The app stopped sending its answer's body.
+#[derive(Debug, thiserror::Error)]
+#[error("the app sent no body bytes for {0:?}; the answer is aborted")]
+pub struct ResponseStalled(Duration);
 
 /// The upstream's response body, holding what must live as long as it
 /// streams (the sandbox's activity keep-alive) and the connection it came
@@ -14,12 +26,19 @@ use crate::control_plane::activity::ActivityGuard;
 pub struct UpstreamBody {
     body: Incoming,
     lease: Option<Lease>,
+    idle: Option<IdleLimit>,
     _guard: Option<ActivityGuard>,
 }
 
 impl UpstreamBody {
-    pub fn new(body: Incoming, lease: Option<Lease>, guard: Option<ActivityGuard>) -> UpstreamBody {
-        let mut body = UpstreamBody { body, lease, _guard: guard };
+    /// `idle`: abort when the app sends nothing for this long (`None`: never).
+    pub fn new(
+        body: Incoming,
+        lease: Option<Lease>,
+        guard: Option<ActivityGuard>,
+        idle: Option<Duration>,
+    ) -> UpstreamBody {
+        let mut body = UpstreamBody { body, lease, idle: idle.map(IdleLimit::new), _guard: guard };
         if body.body.is_end_stream() {
             body.release();
         }
@@ -35,28 +54,40 @@ impl UpstreamBody {
 
 impl hyper::body::Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
         match &frame {
-            std::task::Poll::Ready(None) => this.release(),
-            std::task::Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            std::task::Poll::Ready(Some(Err(_))) => this.lease = None,
-            _ => {}
+            Poll::Pending => {
+                if let Some(idle) = &mut this.idle {
+                    if idle.expired(cx) {
+                        // The connection is mid-body: it cannot be reused.
+                        this.lease = None;
+                        return Poll::Ready(Some(Err(Box::new(ResponseStalled(idle.limit)))));
+                    }
+                }
+            }
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) => {
+                if let Some(idle) = &mut this.idle {
+                    idle.moved = true;
+                }
+                if this.body.is_end_stream() {
+                    this.release();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.lease = None,
         }
-        frame
+        frame.map(|f| f.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
     }
 
-    fn size_hint(&self) -> hyper::body::SizeHint {
+    fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
 }

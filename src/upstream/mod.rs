@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod pool;
+pub mod request_body;
 pub mod rewrite;
 pub mod tunnel;
 pub mod wake;

@@ -20,12 +20,13 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
+use super::request_body::{ClientBody, ClientBodyError};
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::host::Port;
 use crate::http::is_upgrade;
 
-pub type RequestBody = Either<Incoming, Empty<Bytes>>;
+pub type RequestBody = Either<ClientBody, Empty<Bytes>>;
 type Sender = SendRequest<RequestBody>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -274,8 +275,24 @@ fn classify(failure: Failure, port: Port, direct: bool) -> ProxyError {
             (_, true) => ProxyError::UpstreamFailed { port, detail: chain(&*err) },
             (_, false) => ProxyError::RunnerUnreachable(chain(&*err)),
         },
-        Failure::Request { error, .. } => ProxyError::UpstreamFailed { port, detail: chain(&error) },
+        Failure::Request { error, .. } => match client_body_error(&error) {
+            Some(ClientBodyError::Stalled(_)) => ProxyError::RequestBodyTimeout,
+            Some(ClientBodyError::Malformed(_)) => ProxyError::BadRequestBody,
+            None => ProxyError::UpstreamFailed { port, detail: chain(&error) },
+        },
     }
+}
+
+/// The client's body failure behind a failed request, if that was it.
+fn client_body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<ClientBodyError>() {
+            return Some(found);
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// An error and its causes, as one line.

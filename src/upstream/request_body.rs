@@ -1,0 +1,84 @@
+//! The client's request body on its way upstream: bounded by
+//! `REQUEST_BODY_TIMEOUT_SEC`, and its failures told apart from the app's
+//! (a client's stall or bad chunk is a 4xx, never a 502).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+/// A wait for the next body bytes, armed only when a poll finds none (a
+/// small body that arrives with its head never allocates it).
+pub(super) struct IdleLimit {
+    pub(super) limit: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Bytes moved since the timer was last set.
+    pub(super) moved: bool,
+}
+
+impl IdleLimit {
+    pub(super) fn new(limit: Duration) -> IdleLimit {
+        IdleLimit { limit, sleep: None, moved: false }
+    }
+
+    /// Called when the body has nothing: whether the limit has passed.
+    pub(super) fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.limit;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if std::mem::take(&mut self.moved) {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// Why a client's request body failed: the client's fault, never the app's.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the client sent no request body bytes for {0:?}")]
+    Stalled(Duration),
+    #[error("the client's request body is malformed: {0}")]
+    Malformed(hyper::Error),
+}
+
+/// The client's request body as it goes upstream.
+pub struct ClientBody {
+    body: Incoming,
+    idle: IdleLimit,
+}
+
+impl ClientBody {
+    pub fn new(body: Incoming, limit: Duration) -> ClientBody {
+        ClientBody { body, idle: IdleLimit::new(limit) }
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending if this.idle.expired(cx) => Poll::Ready(Some(Err(ClientBodyError::Stalled(this.idle.limit)))),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Malformed(e)))),
+            Poll::Ready(frame) => {
+                this.idle.moved = true;
+                Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Malformed)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
