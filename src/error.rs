@@ -33,6 +33,10 @@ pub enum ProxyError {
     RequestBodyTimeout,
     #[error("the client's request body is malformed")]
     BadRequestBody,
+    #[error("too many connections to this sandbox")]
+    TooManyConnections,
+    #[error("no upstream connection became free in time")]
+    UpstreamBusy,
     #[error("control plane unavailable: {0}")]
     ControlPlaneUnavailable(String),
     #[error("control plane answer unusable: {0}")]
@@ -72,6 +76,8 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
+            ProxyError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ControlPlaneUnavailable(_) | ProxyError::SandboxStarting | ProxyError::SandboxStopping => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -95,6 +101,8 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ProxyError::RequestBodyTimeout => "REQUEST_BODY_TIMEOUT",
             ProxyError::BadRequestBody => "BAD_REQUEST_BODY",
+            ProxyError::TooManyConnections => "TOO_MANY_CONNECTIONS",
+            ProxyError::UpstreamBusy => "UPSTREAM_BUSY",
             ProxyError::ControlPlaneUnavailable(_) => "CONTROL_PLANE_UNAVAILABLE",
             ProxyError::ControlPlaneInvalid(_) => "CONTROL_PLANE_ERROR",
             ProxyError::PortNotListening(_) => "PORT_NOT_LISTENING",
@@ -118,6 +126,8 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => "Method not allowed".into(),
             ProxyError::RequestBodyTimeout => "Request body timed out".into(),
             ProxyError::BadRequestBody => "Malformed request body".into(),
+            ProxyError::TooManyConnections => "Too many connections to this sandbox".into(),
+            ProxyError::UpstreamBusy => "The sandbox's host is busy".into(),
             ProxyError::ControlPlaneUnavailable(_) => "Preview service temporarily unavailable".into(),
             ProxyError::ControlPlaneInvalid(_) => "Preview service error".into(),
             ProxyError::PortNotListening(port) => format!("Nothing is listening on port {port}"),
@@ -141,6 +151,8 @@ impl ProxyError {
             ProxyError::Unauthorized(denied) => denied.message(),
             ProxyError::BadRequest(why) => format!("The proxy cannot forward this request: {why}. Send it again as a well-formed request."),
             ProxyError::RequestBodyTimeout => "The upload stopped: no request body bytes arrived in time. Check the connection and send the request again.".into(),
+            ProxyError::TooManyConnections => "This sandbox already has as many open requests and WebSockets as the proxy allows. Close some (other tabs, streams) or retry after the Retry-After delay.".into(),
+            ProxyError::UpstreamBusy => "Every connection to the machine hosting this sandbox is in use and none became free in time. Retry after the Retry-After delay.".into(),
             ProxyError::BadRequestBody => "The request body is malformed (for example a bad chunk size). Send it again as a well-formed request.".into(),
             ProxyError::MethodNotAllowed => "CONNECT is not supported: preview URLs serve HTTP and WebSocket only.".into(),
             ProxyError::BadPath => "The request path must start with '/' and must not contain '.' or '..' segments (also percent-encoded or with backslashes). Request the resolved path instead.".into(),
@@ -260,7 +272,7 @@ impl ErrorPages {
         let headers = resp.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
         }
         resp
@@ -291,6 +303,8 @@ pub(crate) fn every_error() -> Vec<ProxyError> {
         ProxyError::MethodNotAllowed,
         ProxyError::RequestBodyTimeout,
         ProxyError::BadRequestBody,
+        ProxyError::TooManyConnections,
+        ProxyError::UpstreamBusy,
         ProxyError::ControlPlaneUnavailable(String::new()),
         ProxyError::ControlPlaneInvalid(String::new()),
         ProxyError::PortNotListening(port),

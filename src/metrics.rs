@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::StatusCode;
 
 /// Proxy error codes, in the order of [`Metrics::errors`].
-pub const ERROR_CODES: [&str; 17] = [
+pub const ERROR_CODES: [&str; 19] = [
     "NOT_FOUND",
     "SANDBOX_NOT_FOUND",
     "UNAUTHORIZED",
@@ -16,6 +16,8 @@ pub const ERROR_CODES: [&str; 17] = [
     "METHOD_NOT_ALLOWED",
     "REQUEST_BODY_TIMEOUT",
     "BAD_REQUEST_BODY",
+    "TOO_MANY_CONNECTIONS",
+    "UPSTREAM_BUSY",
     "CONTROL_PLANE_UNAVAILABLE",
     "CONTROL_PLANE_ERROR",
     "PORT_NOT_LISTENING",

@@ -376,3 +376,68 @@ async fn a_stalled_download_is_aborted_never_ended_cleanly() {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut body)).await.expect("aborted in time");
     assert!(body.len() < 100, "the client must see a truncated body, got {} bytes", body.len());
 }
+
+/// Opens the app's never-ending `/stream` through the proxy; the answer's
+/// head has arrived when this returns.
+async fn open_stream(proxy: &TestProxy, host: &str) -> TcpStream {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(format!("GET /stream HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
+#[tokio::test]
+async fn a_sandbox_over_its_connection_limit_gets_429() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|c| c.max_connections_per_sandbox = 2).await;
+    let host = format!("{}-demo.preview.localhost", app.addr.port());
+    let first = open_stream(&proxy, &host).await;
+    let _second = open_stream(&proxy, &host).await;
+    let a = get(&proxy, &host, "/").await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.json()["code"], "TOO_MANY_CONNECTIONS");
+    assert!(a.headers.contains_key("retry-after"));
+    drop(first);
+    wait_for(|| async { get(&proxy, &host, "/").await.status == 200 }).await;
+}
+
+#[tokio::test]
+async fn requests_wait_a_bounded_time_under_the_upstream_connection_cap() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|c| {
+        c.upstream_max_connections = 1;
+        c.upstream_connect_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let host = format!("{}-demo.preview.localhost", app.addr.port());
+    let stream = open_stream(&proxy, &host).await;
+    let started = std::time::Instant::now();
+    let a = get(&proxy, &host, "/").await;
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert_eq!(a.json()["code"], "UPSTREAM_BUSY");
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited for a connection first");
+    assert_eq!(app.connections(), 1, "never more than the cap");
+    drop(stream);
+    wait_for(|| async { get(&proxy, &host, "/").await.status == 200 }).await;
+    // Kept-alive and reused, still within the cap.
+    assert_eq!(get(&proxy, &host, "/").await.status, 200);
+    assert_eq!(app.connections(), 2);
+}
+
+#[tokio::test]
+async fn request_headers_over_64_kib_get_431() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let big = "a".repeat(70 * 1024);
+    let answer = raw(
+        &proxy,
+        &format!(
+            "GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\nX-Big: {big}\r\nConnection: close\r\n\r\n",
+            app.addr.port()
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(200)]);
+    assert!(app.seen().is_empty());
+}

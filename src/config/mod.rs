@@ -50,6 +50,10 @@ pub struct Config {
     /// `None`: off.
     pub response_idle_timeout: Option<Duration>,
     pub max_concurrent_streams: u32,
+    /// 0: no limit.
+    pub max_connections_per_sandbox: usize,
+    /// Per upstream host, across workers; 0: no limit.
+    pub upstream_max_connections: usize,
     pub shutdown_timeout: Duration,
     pub tunnel_idle_timeout: Duration,
     /// Where `/metrics` is served, if anywhere.

@@ -160,6 +160,18 @@ pub const SETTINGS: &[Setting] = &[
         response_idle_timeout = |v| seconds_or_zero(v).map(|d| (!d.is_zero()).then_some(d))
     ),
     field!(
+        "MAX_CONNECTIONS_PER_SANDBOX",
+        "0",
+        "concurrent requests and WebSocket tunnels per sandbox (over it: 429 with Retry-After); 0 = no limit",
+        max_connections_per_sandbox = |v: &str| v.parse::<usize>().map_err(|_| "expected a number, 0 = off".to_string())
+    ),
+    field!(
+        "UPSTREAM_MAX_CONNECTIONS",
+        "0",
+        "connections per runner or app host (split across workers); a request waits up to UPSTREAM_CONNECT_TIMEOUT_SEC for one; 0 = no limit",
+        upstream_max_connections = |v: &str| v.parse::<usize>().map_err(|_| "expected a number, 0 = off".to_string())
+    ),
+    field!(
         "MAX_CONCURRENT_STREAMS",
         "128",
         "concurrent HTTP/2 streams per client connection",

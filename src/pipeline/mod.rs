@@ -27,6 +27,7 @@ use crate::http::host::{self, Port};
 use crate::http::{is_websocket_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE};
 use crate::metrics::Metrics;
 use crate::upstream::body::{is_streaming, UpstreamBody};
+use crate::upstream::limit::{Holds, Permit, SandboxLimit};
 use crate::upstream::pool::{Lease, Pool};
 use crate::upstream::request_body::ClientBody;
 use crate::upstream::rewrite::{self, Downstream};
@@ -57,6 +58,8 @@ pub struct Shared {
     activity: Arc<Activity>,
     /// Open WebSocket tunnels.
     pub tunnels: Arc<Tunnels>,
+    /// `Some` when `MAX_CONNECTIONS_PER_SANDBOX` is set.
+    sandbox_limit: Option<Arc<SandboxLimit>>,
     pub metrics: Metrics,
     /// `http` or `https`, for `X-Forwarded-Proto` and printed URLs.
     proto: &'static str,
@@ -105,6 +108,7 @@ impl Proxy {
         let health = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
         let shared = Shared {
             tunnels: Tunnels::new(config.tunnel_idle_timeout),
+            sandbox_limit: SandboxLimit::new(config.max_connections_per_sandbox),
             metrics: Metrics::default(),
             proto: if config.https { "https" } else { "http" },
             warning: config.warning.as_ref().map(WarningPage::new),
@@ -146,6 +150,10 @@ impl Proxy {
             let sandbox_id = self.authenticate(&mut parts, &dest, &mut ctx).await?;
             // 3. Resolve the target: the runner or app that hosts the sandbox.
             let target = self.shared.control_plane.target(&sandbox_id).await?;
+            let permit = match &self.shared.sandbox_limit {
+                Some(limit) => Some(limit.acquire(&sandbox_id).ok_or(ProxyError::TooManyConnections)?),
+                None => None,
+            };
             // 4. Upstream request filter: URI and headers as the upstream must see them.
             self.upstream_request_filter(&mut parts, &dest, &sandbox_id, &target, &ctx)?;
             // 5. Send, and wait for the response head.
@@ -155,7 +163,7 @@ impl Proxy {
             let timeout = self.shared.config.upstream_timeout;
             let (resp, lease) = self.pool.send(out, timeout, dest.port(), direct).await?;
             // 6. Response filter: waking, cookies, Location, the upgrade.
-            self.response_filter(resp, lease, &dest, &sandbox_id, direct, &mut ctx).await
+            self.response_filter(resp, lease, &dest, &sandbox_id, direct, permit, &mut ctx).await
         }
         .await;
         let mut resp = result.unwrap_or_else(|err| self.error_page(err, &mut ctx));
@@ -289,6 +297,7 @@ impl Proxy {
         dest: &Dest,
         sandbox_id: &str,
         direct: bool,
+        permit: Option<Permit>,
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, ProxyError> {
         let port = dest.port();
@@ -341,7 +350,7 @@ impl Proxy {
         // The request reached the sandbox: it counts as activity.
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let streaming = matches!(resp.body(), Either::Left(body) if is_streaming(resp.headers(), body));
-        let guard = match ctx.skip_activity {
+        let activity = match ctx.skip_activity {
             true => None,
             false if upgraded || streaming => Some(shared.activity.hold(sandbox_id)),
             false => {
@@ -349,6 +358,7 @@ impl Proxy {
                 None
             }
         };
+        let holds = Holds { activity, permit };
         let (parts, body) = resp.into_parts();
         let body = match body {
             Either::Left(body) => body,
@@ -356,11 +366,11 @@ impl Proxy {
         };
         let mut resp = Response::from_parts(parts, body);
         if let (true, Some(client)) = (upgraded, ctx.client_upgrade.take()) {
-            shared.tunnels.spawn(client, hyper::upgrade::on(&mut resp), guard);
-            return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None, None, None))));
+            shared.tunnels.spawn(client, hyper::upgrade::on(&mut resp), holds);
+            return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None, Holds::default(), None))));
         }
         let idle = shared.config.response_idle_timeout;
-        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, lease, guard, idle))))
+        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, lease, holds, idle))))
     }
 
     /// The proxy's own answer for `err`, counted.

@@ -28,6 +28,8 @@ use crate::upstream::Body;
 /// closed when it is not answered within the same time.
 const PING: Duration = Duration::from_secs(20);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Request headers, all of them (431 beyond, as nginx's default buffers).
+const MAX_HEADERS: usize = 64 * 1024;
 
 /// The protocol a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,7 +78,7 @@ where
         Protocol::Http1 => {
             builder = builder.http1_only();
             let timer = HeadTimer { header_read, idle, reads: reads.clone(), used: AtomicBool::new(false) };
-            builder.http1().timer(timer).header_read_timeout(header_read);
+            builder.http1().timer(timer).header_read_timeout(header_read).max_buf_size(MAX_HEADERS);
         }
         Protocol::Http2 => {
             builder = builder.http2_only();
@@ -84,6 +86,7 @@ where
                 .http2()
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(config.max_concurrent_streams)
+                .max_header_list_size(MAX_HEADERS as u32)
                 .keep_alive_interval(PING)
                 .keep_alive_timeout(PING);
         }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 
+use super::limit::Holds;
 use super::pool::Lease;
 use super::request_body::IdleLimit;
-use crate::control_plane::activity::ActivityGuard;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -27,18 +27,13 @@ pub struct UpstreamBody {
     body: Incoming,
     lease: Option<Lease>,
     idle: Option<IdleLimit>,
-    _guard: Option<ActivityGuard>,
+    _holds: Holds,
 }
 
 impl UpstreamBody {
     /// `idle`: abort when the app sends nothing for this long (`None`: never).
-    pub fn new(
-        body: Incoming,
-        lease: Option<Lease>,
-        guard: Option<ActivityGuard>,
-        idle: Option<Duration>,
-    ) -> UpstreamBody {
-        let mut body = UpstreamBody { body, lease, idle: idle.map(IdleLimit::new), _guard: guard };
+    pub fn new(body: Incoming, lease: Option<Lease>, holds: Holds, idle: Option<Duration>) -> UpstreamBody {
+        let mut body = UpstreamBody { body, lease, idle: idle.map(IdleLimit::new), _holds: holds };
         if body.body.is_end_stream() {
             body.release();
         }

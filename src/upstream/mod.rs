@@ -3,6 +3,7 @@
 //! sandbox that a runner says is not running.
 
 pub mod body;
+pub mod limit;
 pub mod pool;
 pub mod request_body;
 pub mod rewrite;

@@ -2,6 +2,8 @@
 //! (TLS when a runner's `proxyUrl` is https), one pool per worker. Idle
 //! connections are reused newest first; a connection goes back to the pool
 //! when its response body has been read to the end, and is dropped otherwise.
+//! With `UPSTREAM_MAX_CONNECTIONS`, a request waits (a bounded time) for a
+//! connection to an upstream that has as many as it may.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -18,6 +20,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::Notify;
 use tower_service::Service;
 
 use super::request_body::{ClientBody, ClientBodyError};
@@ -38,6 +41,12 @@ const MAX_IDLE_PER_HOST: usize = 512;
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
     idle: Arc<Mutex<Idle>>,
+    /// Connections per upstream host for this worker (0: no limit).
+    cap: usize,
+    /// How long a request waits for one under the cap.
+    wait: Duration,
+    /// A connection came back idle or closed.
+    freed: Arc<Notify>,
 }
 
 #[derive(Clone, Hash, PartialEq, Eq)]
@@ -50,6 +59,44 @@ struct Key {
 struct Idle {
     hosts: HashMap<Key, VecDeque<(Sender, Instant)>, ahash::RandomState>,
     swept: Option<Instant>,
+    /// Open connections per host, counted only under a cap.
+    open: HashMap<Key, usize, ahash::RandomState>,
+}
+
+impl Idle {
+    /// The newest idle connection to `key` that is still open.
+    fn take(&mut self, key: &Key) -> Option<Sender> {
+        let conns = self.hosts.get_mut(key)?;
+        while let Some((sender, since)) = conns.pop_back() {
+            if since.elapsed() >= IDLE_TIMEOUT {
+                // Everything older is older still.
+                conns.clear();
+                break;
+            }
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+}
+
+/// One connection counted under the cap, until it closes.
+struct Slot {
+    idle: Arc<Mutex<Idle>>,
+    key: Key,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = idle.open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+        }
+        drop(idle);
+        self.freed.notify_one();
+    }
 }
 
 /// A connection lent for one request; back to the pool by [`Lease::release`].
@@ -57,6 +104,8 @@ pub struct Lease {
     sender: Sender,
     key: Key,
     idle: Arc<Mutex<Idle>>,
+    /// Woken when the connection is back (only under a cap).
+    freed: Option<Arc<Notify>>,
 }
 
 impl Lease {
@@ -76,12 +125,18 @@ impl Lease {
             conns.pop_front();
         }
         conns.push_back((self.sender, now));
+        drop(idle);
+        if let Some(freed) = self.freed {
+            freed.notify_one();
+        }
     }
 }
 
 /// Why a request got no response.
 enum Failure {
     Connect(BoxError),
+    /// No connection under the cap became free in time.
+    Busy,
     /// The connection failed; `unsent` is the request when it provably never
     /// left.
     Request {
@@ -102,7 +157,9 @@ impl Pool {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Pool { connector, idle: Arc::default() }
+        let workers = config.workers.max(1);
+        let cap = config.upstream_max_connections.div_ceil(workers);
+        Pool { connector, idle: Arc::default(), cap, wait: config.upstream_connect_timeout, freed: Arc::default() }
     }
 
     /// Sends the request and waits for the response head, within `timeout`.
@@ -161,34 +218,55 @@ impl Pool {
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         let mut sender = match pooled.then(|| self.checkout(key)).flatten() {
             Some(sender) => sender,
-            None => self.connect(key).await?,
+            None => self.new_connection(key).await?,
         };
         // A connection that closed meanwhile hands the request back unsent.
         ready(&mut sender).await;
         match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, Lease { sender, key: key.clone(), idle: self.idle.clone() })),
+            Ok(resp) => {
+                let freed = (self.cap > 0).then(|| self.freed.clone());
+                Ok((resp, Lease { sender, key: key.clone(), idle: self.idle.clone(), freed }))
+            }
             Err(mut e) => Err(Failure::Request { unsent: e.take_message().map(Box::new), error: e.into_error() }),
         }
     }
 
     /// The newest idle connection to `key` that is still open.
     fn checkout(&self, key: &Key) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let conns = idle.hosts.get_mut(key)?;
-        while let Some((sender, since)) = conns.pop_back() {
-            if since.elapsed() >= IDLE_TIMEOUT {
-                // Everything older is older still.
-                conns.clear();
-                break;
-            }
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).take(key)
     }
 
-    async fn connect(&self, key: &Key) -> Result<Sender, Failure> {
+    /// A new connection, or under a cap the first one that is free or may
+    /// be opened within the wait.
+    async fn new_connection(&self, key: &Key) -> Result<Sender, Failure> {
+        if self.cap == 0 {
+            return self.connect(key, None).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            let notified = self.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(sender) = idle.take(key) {
+                    return Ok(sender);
+                }
+                let open = idle.open.entry(key.clone()).or_default();
+                if *open < self.cap {
+                    *open += 1;
+                    break;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Failure::Busy);
+            }
+        }
+        let slot = Slot { idle: self.idle.clone(), key: key.clone(), freed: self.freed.clone() };
+        self.connect(key, Some(slot)).await
+    }
+
+    async fn connect(&self, key: &Key, slot: Option<Slot>) -> Result<Sender, Failure> {
         let uri = http::Uri::builder()
             .scheme(if key.https { Scheme::HTTPS } else { Scheme::HTTP })
             .authority(key.authority.clone())
@@ -199,6 +277,7 @@ impl Pool {
         let (sender, conn) =
             http1::Builder::new().handshake(io).await.map_err(|e| Failure::Request { error: e, unsent: None })?;
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
@@ -269,6 +348,7 @@ fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
 /// Maps a failure to what the user is told.
 fn classify(failure: Failure, port: Port, direct: bool) -> ProxyError {
     match failure {
+        Failure::Busy => ProxyError::UpstreamBusy,
         Failure::Connect(err) => match (io_kind(&*err), direct) {
             (Some(io::ErrorKind::TimedOut), _) => ProxyError::UpstreamTimeout(port),
             (Some(io::ErrorKind::ConnectionRefused), true) => ProxyError::PortNotListening(port),

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::control_plane::activity::ActivityGuard;
+use super::limit::Holds;
 
 /// Per direction. Small, because thousands of mostly idle tunnels are
 /// normal (every open preview tab holds an HMR socket).
@@ -49,18 +49,18 @@ impl Tunnels {
         let _ = self.close.send(true);
     }
 
-    /// Joins the client's and the upstream's upgraded connections; `guard`
-    /// lives as long as the tunnel.
+    /// Joins the client's and the upstream's upgraded connections; `holds`
+    /// live as long as the tunnel.
     pub fn spawn(
         self: &Arc<Self>,
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
-        guard: Option<ActivityGuard>,
+        holds: Holds,
     ) {
         let tunnels = self.clone();
         tunnels.open.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            let _guard = guard;
+            let _holds = holds;
             let _count = Counted(&tunnels.open);
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
