@@ -13,6 +13,7 @@ use super::cors::Cors;
 use crate::error::{wants_html, AuthMethod};
 use crate::http::host::{Port, PreviewHost};
 use crate::http::is_websocket_upgrade;
+use crate::upstream::limit::Permit;
 use crate::upstream::rewrite::Route;
 
 /// The client end of a connection, with what is derived from it once per
@@ -56,6 +57,8 @@ pub struct RequestCtx {
     pub set_cookie: Option<HeaderValue>,
     /// The client's side of a requested upgrade.
     pub client_upgrade: Option<OnUpgrade>,
+    /// The request's place under `MAX_CONNECTIONS_PER_SANDBOX`.
+    pub permit: Option<Permit>,
     /// The error code of an answer the proxy made itself.
     pub outcome: Option<&'static str>,
 }
@@ -86,6 +89,7 @@ impl RequestCtx {
             path_and_query: None,
             set_cookie: None,
             client_upgrade,
+            permit: None,
             outcome: None,
         }
     }

@@ -27,7 +27,7 @@ use crate::http::host::{self, Port};
 use crate::http::{is_websocket_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE};
 use crate::metrics::Metrics;
 use crate::upstream::body::{is_streaming, UpstreamBody};
-use crate::upstream::limit::{Holds, Permit, SandboxLimit};
+use crate::upstream::limit::{Holds, SandboxLimit};
 use crate::upstream::pool::{Lease, Pool};
 use crate::upstream::request_body::ClientBody;
 use crate::upstream::rewrite::{self, Downstream};
@@ -150,10 +150,9 @@ impl Proxy {
             let sandbox_id = self.authenticate(&mut parts, &dest, &mut ctx).await?;
             // 3. Resolve the target: the runner or app that hosts the sandbox.
             let target = self.shared.control_plane.target(&sandbox_id).await?;
-            let permit = match &self.shared.sandbox_limit {
-                Some(limit) => Some(limit.acquire(&sandbox_id).ok_or(ProxyError::TooManyConnections)?),
-                None => None,
-            };
+            if let Some(limit) = &self.shared.sandbox_limit {
+                ctx.permit = Some(limit.acquire(&sandbox_id).ok_or(ProxyError::TooManyConnections)?);
+            }
             // 4. Upstream request filter: URI and headers as the upstream must see them.
             self.upstream_request_filter(&mut parts, &dest, &sandbox_id, &target, &ctx)?;
             // 5. Send, and wait for the response head.
@@ -163,7 +162,7 @@ impl Proxy {
             let timeout = self.shared.config.upstream_timeout;
             let (resp, lease) = self.pool.send(out, timeout, dest.port(), direct).await?;
             // 6. Response filter: waking, cookies, Location, the upgrade.
-            self.response_filter(resp, lease, &dest, &sandbox_id, direct, permit, &mut ctx).await
+            self.response_filter(resp, lease, &dest, &sandbox_id, direct, &mut ctx).await
         }
         .await;
         let mut resp = result.unwrap_or_else(|err| self.error_page(err, &mut ctx));
@@ -297,7 +296,6 @@ impl Proxy {
         dest: &Dest,
         sandbox_id: &str,
         direct: bool,
-        permit: Option<Permit>,
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, ProxyError> {
         let port = dest.port();
@@ -358,7 +356,7 @@ impl Proxy {
                 None
             }
         };
-        let holds = Holds { activity, permit };
+        let holds = Holds { activity, permit: ctx.permit.take() };
         let (parts, body) = resp.into_parts();
         let body = match body {
             Either::Left(body) => body,
