@@ -50,6 +50,29 @@ fn bad_settings_stop_start_up_naming_each_setting() {
 }
 
 #[test]
+fn settings_that_would_break_headers_stop_start_up_and_foreign_non_utf8_variables_do_not() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let out = proxy_command()
+        .env("COOKIE_DOMAIN", "evil .com")
+        .env("PREVIEW_WARNING_PRODUCT_NAME", "a\u{1}b")
+        .env("PROXY_API_KEY", "key\nX-Injected: 1")
+        .env("NOT_OURS", bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    for name in ["COOKIE_DOMAIN", "PREVIEW_WARNING_PRODUCT_NAME", "PROXY_API_KEY"] {
+        assert!(err.contains(name), "{name} not named in: {err}");
+    }
+    assert!(!err.contains("NOT_OURS"), "{err}");
+    // One of ours that is not UTF-8 is named; nothing panics.
+    let out = proxy_command().env("PROXY_PORT", bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("PROXY_PORT"));
+}
+
+#[test]
 fn a_missing_config_file_is_named() {
     let out = proxy_command().args(["--config", "/nonexistent/proxy.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

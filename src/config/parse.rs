@@ -77,13 +77,40 @@ pub(super) fn cookie_domain(v: &str) -> Result<Option<String>, String> {
     if v.is_empty() {
         return Ok(None);
     }
-    let name = v.strip_prefix('.').unwrap_or(v);
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    domain_name(v.strip_prefix('.').unwrap_or(v))?;
+    Ok(Some(v.to_ascii_lowercase()))
+}
+
+/// A DNS name: dot-separated labels of letters, digits and `-`.
+pub(super) fn domain_name(v: &str) -> Result<&str, String> {
+    let valid = !v.is_empty()
+        && v.len() <= 253
+        && v.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     match valid {
-        true => Ok(Some(v.to_ascii_lowercase())),
-        false => Err("expected a domain name such as .preview.example.com".into()),
+        true => Ok(v),
+        false => Err(format!("{v:?} is not a domain name such as preview.example.com")),
+    }
+}
+
+/// A domain with an optional `:port`, or empty.
+pub(super) fn host_and_port(v: &str) -> Result<&str, String> {
+    if v.is_empty() {
+        return Ok(v);
+    }
+    let (name, port) = v.rsplit_once(':').map_or((v, None), |(n, p)| (n, Some(p)));
+    if let Some(p) = port {
+        p.parse::<u16>().map_err(|_| format!("{p:?} is not a port"))?;
+    }
+    domain_name(name.trim_end_matches('.'))?;
+    Ok(v)
+}
+
+/// A secret that is sent in a header: printable ASCII only.
+pub(super) fn secret(v: &str) -> Result<String, String> {
+    match v.bytes().all(|b| b.is_ascii_graphic()) {
+        true => Ok(v.to_string()),
+        false => Err("only printable ASCII without spaces is allowed (it is sent in a header)".into()),
     }
 }
 

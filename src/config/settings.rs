@@ -63,12 +63,12 @@ pub const SETTINGS: &[Setting] = &[
             _ => Err("expected http or https".to_string()),
         }
     ),
-    field!("PROXY_API_KEY", "", "bearer sent to the Daytona API; required with DAYTONA_API_URL", api_key = text),
+    field!("PROXY_API_KEY", "", "bearer sent to the Daytona API; required with DAYTONA_API_URL", api_key = secret),
     field!(
         "PROXY_DOMAIN",
         "",
         "domain printed in signed preview URLs (sign-url); empty = preview.localhost:<PROXY_PORT>",
-        domain = |v: &str| Ok::<_, String>(v.trim_end_matches('.').to_ascii_lowercase())
+        domain = |v: &str| host_and_port(v).map(|d| d.trim_end_matches('.').to_ascii_lowercase())
     ),
     field!("COOKIE_DOMAIN", "", "Domain of the auth cookie; empty = the request host", cookie_domain = cookie_domain),
     field!(
@@ -102,8 +102,9 @@ pub const SETTINGS: &[Setting] = &[
         "ALLOWED_BASE_DOMAINS",
         "",
         "comma-separated base domains accepted in preview hosts; empty = any",
-        allowed_base_domains =
-            |v| Ok::<_, String>(list(v).map(|d| d.trim_end_matches('.').to_ascii_lowercase()).collect())
+        allowed_base_domains = |v| list(v)
+            .map(|d| domain_name(d.trim_end_matches('.')).map(|d| d.to_ascii_lowercase()))
+            .collect::<Result<Vec<_>, _>>()
     ),
     field!(
         "TRUSTED_PROXIES",
