@@ -95,10 +95,19 @@ fn a_broken_registry_is_a_start_up_error() {
 /// Starts the binary on 127.0.0.1:0 with `registry`; returns the child, its
 /// address, and everything it logs (collected as it arrives).
 async fn spawn_proxy(registry: &str, log_level: &str) -> (Running, String, Arc<Mutex<String>>, tempfile::TempDir) {
+    spawn_with(proxy_command(), registry, log_level).await
+}
+
+/// [`spawn_proxy`] with a command of one's own (a wrapper, more settings).
+async fn spawn_with(
+    mut command: Command,
+    registry: &str,
+    log_level: &str,
+) -> (Running, String, Arc<Mutex<String>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry.toml");
     std::fs::write(&reg, registry).unwrap();
-    let mut child = proxy_command()
+    let mut child = command
         .env("PROXY_LISTEN_ADDRESS", "127.0.0.1")
         .env("PROXY_PORT", "0")
         .env("PROXY_API_KEY", "proxy-secret-key")
@@ -253,4 +262,53 @@ fn sign_url_and_revoke_url_from_the_command_line() {
     let out = run(&["sign-url", "--sandbox", "nosuch", "--port", "1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+}
+
+/// User plus system CPU time of a process so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+#[tokio::test]
+async fn out_of_descriptors_it_neither_spins_nor_dies_and_recovers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut command = Command::new("prlimit");
+    command
+        .current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PROXY_WORKERS", "1")
+        .env("HEADER_READ_TIMEOUT_SEC", "1")
+        .args(["--nofile=48:48", BIN]);
+    let (running, addr, _log, _dir) = spawn_with(command, "", "info").await;
+    let pid = running.0.as_ref().unwrap().id();
+    // More silent connections than the proxy has descriptors.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_time(pid) - before;
+    assert!(spent < Duration::from_millis(500), "the accept loop spun: {spent:?} of CPU in 2 s");
+    // The silent connections time out, descriptors come back, and the
+    // proxy answers again while the clients still hold their sockets.
+    let health = async {
+        loop {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            if out.starts_with(b"HTTP/1.1 200") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), health).await.expect("the proxy recovered");
+    drop(held);
+    assert!(sigterm_and_wait(running).success());
 }
