@@ -8,6 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,8 @@ pub struct Pool {
     wait: Duration,
     /// A connection came back idle or closed.
     freed: Arc<Notify>,
+    /// The task that closes idle connections nobody asks for runs.
+    sweeping: AtomicBool,
 }
 
 #[derive(Clone, Hash, PartialEq, Eq)]
@@ -159,7 +162,14 @@ impl Pool {
             .wrap_connector(http);
         let workers = config.workers.max(1);
         let cap = config.upstream_max_connections.div_ceil(workers);
-        Pool { connector, idle: Arc::default(), cap, wait: config.upstream_connect_timeout, freed: Arc::default() }
+        Pool {
+            connector,
+            idle: Arc::default(),
+            cap,
+            wait: config.upstream_connect_timeout,
+            freed: Arc::default(),
+            sweeping: AtomicBool::new(false),
+        }
     }
 
     /// Sends the request and waits for the response head, within `timeout`.
@@ -176,6 +186,10 @@ impl Pool {
         port: Port,
         direct: bool,
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            // Started here, on the worker's own runtime, at the first request.
+            tokio::spawn(sweep(Arc::downgrade(&self.idle)));
+        }
         let key = match req.uri().authority() {
             Some(authority) => Key { https: req.uri().scheme() == Some(&Scheme::HTTPS), authority: authority.clone() },
             None => return Err(classify(Failure::Connect("no upstream host".into()), port, direct)),
@@ -283,6 +297,23 @@ impl Pool {
             }
         });
         Ok(sender)
+    }
+}
+
+/// Closes idle connections older than [`IDLE_TIMEOUT`] even when no request
+/// comes to notice them, so a quiet proxy holds no sockets (or their
+/// buffers) it does not need. Ends with the pool.
+async fn sweep(idle: std::sync::Weak<Mutex<Idle>>) {
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT).await;
+        let Some(idle) = idle.upgrade() else { return };
+        let now = Instant::now();
+        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.swept = Some(now);
+        idle.hosts.retain(|_, conns| {
+            conns.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
+            !conns.is_empty()
+        });
     }
 }
 
