@@ -176,6 +176,9 @@ struct ErrorJson<'a> {
     status_code: u16,
     message: &'a str,
     code: &'static str,
+    /// Quoted by a person who reports the problem; found in the access log.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    request_id: &'a str,
 }
 
 /// The methods of SPEC 2, in the order they are tried.
@@ -242,7 +245,8 @@ impl ErrorPages {
 
     /// Renders the answer for `err`: a page when `html` (see [`wants_html`]),
     /// JSON otherwise.
-    pub fn render(&self, err: &ProxyError, html: bool) -> Response<Full<Bytes>> {
+    /// `request_id` is shown so a person can quote it (empty: none).
+    pub fn render(&self, err: &ProxyError, html: bool, request_id: &str) -> Response<Full<Bytes>> {
         let status = err.status();
         let message = err.message();
         let (content_type, body) = if html {
@@ -255,6 +259,10 @@ impl ErrorPages {
             push_html(&mut page, &message);
             page.push_str("</p>\n<p class=\"code\">");
             page.push_str(err.code());
+            if !request_id.is_empty() {
+                page.push_str(" · request ");
+                push_html(&mut page, request_id);
+            }
             page.push_str("</p>");
             if matches!(err, ProxyError::SandboxStarting | ProxyError::SandboxStopping) {
                 page.push_str("\n<meta http-equiv=\"refresh\" content=\"");
@@ -264,7 +272,7 @@ impl ErrorPages {
             page.push_str(self.tail);
             ("text/html; charset=utf-8", Bytes::from(page))
         } else {
-            let json = ErrorJson { status_code: status.as_u16(), message: &message, code: err.code() };
+            let json = ErrorJson { status_code: status.as_u16(), message: &message, code: err.code(), request_id };
             ("application/json", Bytes::from(serde_json::to_vec(&json).unwrap_or_default()))
         };
         let mut resp = Response::new(Full::new(body));
@@ -330,8 +338,11 @@ mod tests {
     #[tokio::test]
     async fn json_by_default() {
         let pages = ErrorPages::new();
-        let resp =
-            pages.render(&ProxyError::PortNotListening(Port::parse("3000").unwrap()), wants_html(&HeaderMap::new()));
+        let resp = pages.render(
+            &ProxyError::PortNotListening(Port::parse("3000").unwrap()),
+            wants_html(&HeaderMap::new()),
+            "",
+        );
         assert_eq!(resp.status(), 502);
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
         let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).unwrap();
@@ -345,13 +356,14 @@ mod tests {
         let pages = ErrorPages::new();
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8"));
-        let resp = pages.render(&ProxyError::ControlPlaneUnavailable("x".into()), wants_html(&headers));
+        let resp = pages.render(&ProxyError::ControlPlaneUnavailable("x".into()), wants_html(&headers), "abc123");
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.headers()[RETRY_AFTER], "5");
         assert!(resp.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
         let text = body_text(resp).await;
         assert!(text.contains("<h1>503 · Preview service temporarily unavailable</h1>"), "{text}");
         assert!(!text.contains("{{content}}"));
+        assert!(text.contains("request abc123"), "the request id is shown: {text}");
     }
 
     #[test]

@@ -55,16 +55,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let path = cli.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
     let loaded = settings_from_env(std::env::vars_os()).and_then(|env| Config::load(&path, cli.config.is_some(), &env));
     let config = match loaded {
         Ok(config) => config,
         Err(e) => return bad_config(&e),
     };
+    init_logging(config.json_logs);
     let now = unix_now();
     let done: Option<anyhow::Result<()>> = match cli.command {
         None => None,
@@ -106,6 +103,17 @@ fn main() -> ExitCode {
             eprintln!("error: {:#}", anyhow::Error::from(e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `RUST_LOG` (default `info`) to stdout, as text or one JSON object a line.
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).init();
     }
 }
 

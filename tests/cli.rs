@@ -121,8 +121,19 @@ async fn spawn_with(
     let sink = log.clone();
     let addr = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
-        let line = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("listening"))).expect("listening line").unwrap();
-        let addr = line.split("address=").nth(1).and_then(|a| a.split_whitespace().next()).unwrap().to_string();
+        let mut seen = String::new();
+        let addr = loop {
+            let line = lines.next().expect("a listening line").unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if !line.contains("listening") {
+                continue;
+            }
+            // Text (`address=...`) or JSON (`"address":"..."`).
+            let rest = line.split("address=").nth(1).or_else(|| line.split("\"address\":\"").nth(1)).unwrap();
+            break rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap().to_string();
+        };
+        sink.lock().unwrap().push_str(&seen);
         // Keep draining so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -234,6 +245,84 @@ async fn credentials_and_signed_hosts_never_reach_the_logs() {
     ] {
         assert!(!log.contains(secret), "{secret} appears in the log:\n{log}");
     }
+    // Every request has its access line; a signed host shows as such.
+    assert!(log.matches(" access: ").count() >= 7, "{log}");
+    assert!(log.contains("sandbox=1-<signed>") && log.contains(&format!("sandbox={port}-priv")), "{log}");
+    assert!(log.contains("path=/ ") && !log.contains("DAYTONA_SANDBOX_AUTH_KEY"), "{log}");
+}
+
+/// `GET path` with `host` on a fresh connection; the status and body.
+async fn get_raw(addr: &str, host: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test]
+async fn access_lines_as_json_with_request_ids_and_one_shutdown_for_all_workers() {
+    let app = common::App::start().await;
+    let registry = "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n";
+    let mut command = proxy_command();
+    command.env("LOG_FORMAT", "json").env("PROXY_WORKERS", "2");
+    let (child, addr, log, _dir) = spawn_with(command, registry, "info").await;
+    let host = format!("{}-demo.preview.localhost", app.addr.port());
+    let (status, answer) = get_raw(&addr, &host, "/page?secret-query=1").await;
+    assert_eq!(status, 200);
+    let id = answer.lines().find_map(|l| l.strip_prefix("x-request-id: ")).expect("an X-Request-Id").trim().to_string();
+    assert_eq!(app.last().headers["x-request-id"], id.as_str(), "the app sees the same id");
+    let (status, answer) = get_raw(&addr, "9-nosuch.preview.localhost", "/").await;
+    assert_eq!(status, 401);
+    let id401 = answer.lines().find_map(|l| l.strip_prefix("x-request-id: ")).unwrap().trim().to_string();
+    assert!(answer.contains(&format!("\"requestId\":\"{id401}\"")), "the error names its id: {answer}");
+    get_raw(&addr, "localhost", "/health").await;
+    let status = tokio::task::spawn_blocking(move || sigterm_and_wait(child)).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = log.lock().unwrap().clone();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let access: Vec<&serde_json::Value> = lines.iter().filter(|l| l["target"] == "access").collect();
+    assert_eq!(access.len(), 2, "one line per request, none for /health: {log}");
+    let ok = access.iter().find(|l| l["id"] == id.as_str()).expect("the 200's line");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["path"], "/page");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["outcome"], "-");
+    assert!(ok["bytes_out"].as_u64().unwrap() > 0);
+    let refused = access.iter().find(|l| l["id"] == id401.as_str()).expect("the 401's line");
+    assert_eq!(refused["outcome"], "UNAUTHORIZED");
+    assert_eq!(refused["sandbox"], "9-<signed>", "an unverified key is not logged");
+    assert!(!log.contains("secret-query"));
+    assert_eq!(log.matches("preview-proxy stopped").count(), 1, "{log}");
+    assert_eq!(log.matches("no longer accepting").count(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn draining_answers_503_on_health_while_previews_still_work() {
+    let app = common::App::start().await;
+    let registry = "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n";
+    let mut command = proxy_command();
+    command.env("SHUTDOWN_DELAY_SEC", "2").env("ACCESS_LOG", "off");
+    let (child, addr, log, _dir) = spawn_with(command, registry, "info").await;
+    assert_eq!(get_raw(&addr, "localhost", "/health").await.0, 200);
+    let pid = child.0.as_ref().unwrap().id();
+    let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(sent.success());
+    common::wait_for(|| async { get_raw(&addr, "localhost", "/health").await.0 == 503 }).await;
+    let (_, health) = get_raw(&addr, "localhost", "/health").await;
+    assert!(health.contains(r#"{"status":"draining"}"#), "{health}");
+    let host = format!("{}-demo.preview.localhost", app.addr.port());
+    assert_eq!(get_raw(&addr, &host, "/").await.0, 200, "previews still served during the delay");
+    let status = tokio::task::spawn_blocking(move || sigterm_and_wait(child)).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = log.lock().unwrap().clone();
+    assert!(!log.contains(" access: "), "ACCESS_LOG=off: {log}");
+    assert!(log.contains("control_plane=registry") && log.contains("1 sandboxes"), "{log}");
+    assert!(log.contains("http://8000-demo.preview.localhost:"), "the demo URL to try: {log}");
 }
 
 #[test]

@@ -55,6 +55,11 @@ pub struct Config {
     /// Per upstream host, across workers; 0: no limit.
     pub upstream_max_connections: usize,
     pub shutdown_timeout: Duration,
+    /// Accepting goes on this long after SIGTERM while `/health` says draining.
+    pub shutdown_delay: Duration,
+    pub access_log: bool,
+    /// `LOG_FORMAT=json`.
+    pub json_logs: bool,
     pub tunnel_idle_timeout: Duration,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_port: Option<u16>,

@@ -340,6 +340,28 @@ pub const SETTINGS: &[Setting] = &[
         "how long in-flight requests may finish after SIGTERM/SIGINT",
         shutdown_timeout = seconds_or_zero
     ),
+    field!(
+        "SHUTDOWN_DELAY_SEC",
+        "0",
+        "after SIGTERM, keep accepting this long while /health answers 503 draining, so load balancers notice first",
+        shutdown_delay = seconds_or_zero
+    ),
+    field!(
+        "ACCESS_LOG",
+        "on",
+        "one log line per request at info (on|off)",
+        access_log = boolean
+    ),
+    field!(
+        "LOG_FORMAT",
+        "text",
+        "text, or json: every log line one JSON object",
+        json_logs = |v: &str| match v {
+            "text" => Ok(false),
+            "json" => Ok(true),
+            _ => Err("expected text or json".to_string()),
+        }
+    ),
 ];
 
 #[cfg(test)]

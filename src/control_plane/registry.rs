@@ -168,6 +168,11 @@ impl Snapshot {
         }
     }
 
+    /// How many sandboxes the registry lists.
+    pub fn sandbox_count(&self) -> usize {
+        self.sandboxes.len()
+    }
+
     pub fn sandbox(&self, id: &str) -> Option<&Sandbox> {
         self.sandboxes.get(id)
     }

@@ -2,7 +2,9 @@
 //! ([`Dest`]), and the client end of its connection ([`Peer`]).
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::header::HOST;
 use http::{HeaderValue, Method, Request, Uri};
@@ -12,7 +14,7 @@ use hyper::upgrade::OnUpgrade;
 use super::cors::Cors;
 use crate::error::{wants_html, AuthMethod};
 use crate::http::host::{Port, PreviewHost};
-use crate::http::is_websocket_upgrade;
+use crate::http::{is_websocket_upgrade, X_REQUEST_ID};
 use crate::upstream::limit::Permit;
 use crate::upstream::rewrite::Route;
 
@@ -57,6 +59,20 @@ pub struct RequestCtx {
     pub set_cookie: Option<HeaderValue>,
     /// The client's side of a requested upgrade.
     pub client_upgrade: Option<OnUpgrade>,
+    /// `X-Request-Id`: a trusted front proxy's, or made here.
+    pub request_id: HeaderValue,
+    /// The access log is on for this request.
+    pub logged: bool,
+    /// The path without the query, for the access log.
+    pub path: Option<String>,
+    /// The sandbox id or token of the host or route, for the access log.
+    pub key: Option<String>,
+    /// `key` is a sandbox id the control plane vouched for.
+    pub key_verified: bool,
+    /// Until the upstream's response head.
+    pub upstream: Option<Duration>,
+    /// Request body bytes passed on (counted only when logged).
+    pub bytes_in: Option<Arc<AtomicU64>>,
     /// The request's place under `MAX_CONNECTIONS_PER_SANDBOX`.
     pub permit: Option<Permit>,
     /// The error code of an answer the proxy made itself.
@@ -65,8 +81,10 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// Reads what every phase needs; takes the CORS control header out.
-    /// `scheme` is the one users see (`PROXY_PROTOCOL`).
-    pub fn new(req: &mut Request<Incoming>, peer: &super::Peer, scheme: &str) -> RequestCtx {
+    /// `scheme` is the one users see (`PROXY_PROTOCOL`); `trusted`: the
+    /// peer is a front proxy whose `X-Request-Id` is kept; `log`: the access
+    /// log is on.
+    pub fn new(req: &mut Request<Incoming>, peer: &super::Peer, scheme: &str, trusted: bool, log: bool) -> RequestCtx {
         let host = match req.uri().authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
             None => req.headers().get(HOST).cloned(),
@@ -75,6 +93,16 @@ impl RequestCtx {
         // is dropped with the hop-by-hop headers and served as plain HTTP.
         let client_upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut *req));
         let cors = Cors::take(req.headers_mut(), scheme, host.as_ref());
+        let sent = req.headers().get(X_REQUEST_ID).filter(|v| trusted && is_request_id(v.as_bytes()));
+        let request_id = match sent {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_request_id();
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let logged = log && req.uri().path() != "/health";
         RequestCtx {
             started: Instant::now(),
             peer: peer.addr,
@@ -89,10 +117,28 @@ impl RequestCtx {
             path_and_query: None,
             set_cookie: None,
             client_upgrade,
+            request_id,
+            logged,
+            path: logged.then(|| req.uri().path().to_string()),
+            key: None,
+            key_verified: false,
+            upstream: None,
+            bytes_in: logged.then(Arc::default),
             permit: None,
             outcome: None,
         }
     }
+}
+
+/// A 128-bit random id in hex: short, unique, and no secret.
+fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", rand::random::<u128>());
+    HeaderValue::try_from(id).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// A front proxy's id is kept when it is printable and not too long.
+fn is_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(u8::is_ascii_graphic)
 }
 
 /// Where a proxied request goes.

@@ -2,15 +2,16 @@
 //! phases (pingora's vocabulary) over one [`RequestCtx`], each a method
 //! below it in the order it runs.
 
+pub mod access_log;
 pub mod auth;
 pub mod auth_cookie;
 pub mod cors;
 mod ctx;
 mod own_routes;
+mod state;
 pub mod warning_page;
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, SET_COOKIE, UPGRADE};
@@ -19,53 +20,22 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
-use crate::config::{Config, ConfigError};
-use crate::control_plane::activity::Activity;
-use crate::control_plane::{unix_now, ControlPlane, DaytonaApi, Registry, Target};
-use crate::error::{ErrorPages, ProxyError};
+use crate::control_plane::{unix_now, Target};
+use crate::error::AuthMethod;
+use crate::error::ProxyError;
 use crate::http::host::{self, Port};
-use crate::http::{is_websocket_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE};
-use crate::metrics::Metrics;
+use crate::http::{is_websocket_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE, X_REQUEST_ID};
 use crate::upstream::body::{is_streaming, UpstreamBody};
-use crate::upstream::limit::{Holds, SandboxLimit};
-use crate::upstream::pool::{Lease, Pool};
+use crate::upstream::limit::Holds;
+use crate::upstream::pool::Lease;
 use crate::upstream::request_body::ClientBody;
 use crate::upstream::rewrite::{self, Downstream};
-use crate::upstream::tunnel::Tunnels;
 use crate::upstream::{wake, Body};
+use access_log::{Logged, Record};
 use auth::Credentials;
-use auth_cookie::CookieSigner;
 pub use ctx::{Dest, Peer, RequestCtx};
-use warning_page::WarningPage;
-
-/// A proxy worker: the state all workers share, and this worker's own
-/// upstream connection pool (its connections stay on its thread).
-pub struct Proxy {
-    pub shared: Arc<Shared>,
-    /// This worker's upstream connections.
-    pool: Pool,
-}
-
-/// State shared by every worker.
-pub struct Shared {
-    pub config: Config,
-    pub control_plane: Arc<ControlPlane>,
-    pages: ErrorPages,
-    /// `Some` when the warning page is enabled.
-    warning: Option<WarningPage>,
-    /// Signs and checks auth cookies.
-    signer: CookieSigner,
-    activity: Arc<Activity>,
-    /// Open WebSocket tunnels.
-    pub tunnels: Arc<Tunnels>,
-    /// `Some` when `MAX_CONNECTIONS_PER_SANDBOX` is set.
-    sandbox_limit: Option<Arc<SandboxLimit>>,
-    pub metrics: Metrics,
-    /// `http` or `https`, for `X-Forwarded-Proto` and printed URLs.
-    proto: &'static str,
-    /// `/health` answer, built once.
-    health: Bytes,
-}
+pub use state::{Proxy, Shared};
+use tracing::Instrument;
 
 /// What the request filter decided.
 enum Filtered {
@@ -76,69 +46,12 @@ enum Filtered {
 }
 
 impl Proxy {
-    /// Builds the proxy: the Daytona API when `DAYTONA_API_URL` is set, the
-    /// embedded registry (watched for changes) otherwise. Must run inside a
-    /// Tokio runtime.
-    pub fn new(config: Config) -> Result<Proxy, ConfigError> {
-        let control_plane = Arc::new(match &config.api_url {
-            Some(_) => ControlPlane::Api(Box::new(DaytonaApi::new(&config)?)),
-            None => {
-                let registry =
-                    Registry::open(&config.registry_file).map_err(|e| ConfigError::setting("REGISTRY_FILE", e))?;
-                registry.watch(config.registry_reload_interval);
-                ControlPlane::Registry(registry)
-            }
-        });
-        let secret = if !config.cookie_secret.is_empty() { &config.cookie_secret } else { &config.api_key };
-        let signer = if secret.is_empty() {
-            tracing::warn!(
-                "auth cookies are signed with a random key and stop working when this process restarts: \
-                 set AUTH_COOKIE_SECRET (or PROXY_API_KEY) to keep them across restarts and instances"
-            );
-            CookieSigner::random()
-        } else {
-            CookieSigner::new(secret.as_bytes())
-        };
-        let activity = Activity::new(
-            control_plane.clone(),
-            config.activity_dedup,
-            config.activity_keepalive,
-            config.api_client_timeout,
-        );
-        let health = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
-        let shared = Shared {
-            tunnels: Tunnels::new(config.tunnel_idle_timeout),
-            sandbox_limit: SandboxLimit::new(config.max_connections_per_sandbox),
-            metrics: Metrics::default(),
-            proto: if config.https { "https" } else { "http" },
-            warning: config.warning.as_ref().map(WarningPage::new),
-            control_plane,
-            pages: ErrorPages::new(),
-            signer,
-            activity,
-            health: Bytes::from(health),
-            config,
-        };
-        Ok(Proxy { pool: Pool::new(&shared.config), shared: Arc::new(shared) })
-    }
-
-    /// Another worker: the same shared state, its own upstream pool.
-    pub fn worker(&self) -> Proxy {
-        Proxy { shared: self.shared.clone(), pool: Pool::new(&self.shared.config) }
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.shared.config
-    }
-
-    /// The open tunnels (shared by every worker).
-    pub fn tunnels(&self) -> &Arc<Tunnels> {
-        &self.shared.tunnels
-    }
-
     /// Answers one request. Never fails: errors become negotiated pages.
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Body> {
-        let mut ctx = RequestCtx::new(&mut req, peer, self.shared.proto);
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Logged> {
+        let config = &self.shared.config;
+        let trusted = config.is_trusted_proxy(peer.addr.ip());
+        let mut ctx = RequestCtx::new(&mut req, peer, self.shared.proto, trusted, config.access_log);
+        let span = tracing::info_span!("request", id = %ctx.request_id.to_str().unwrap_or("-"));
         let result = async {
             // 1. Request filter: preflights, the proxy's own routes, the warning page.
             let (req, dest) = match self.request_filter(req, &mut ctx).await? {
@@ -157,19 +70,22 @@ impl Proxy {
             self.upstream_request_filter(&mut parts, &dest, &sandbox_id, &target, &ctx)?;
             // 5. Send, and wait for the response head.
             let direct = matches!(target, Target::Direct(_));
-            let body = ClientBody::new(body, self.shared.config.request_body_timeout);
+            let body = ClientBody::new(body, self.shared.config.request_body_timeout, ctx.bytes_in.clone());
             let out = Request::from_parts(parts, Either::Left(body));
             let timeout = self.shared.config.upstream_timeout;
+            let sent = std::time::Instant::now();
             let (resp, lease) = self.pool.send(out, timeout, dest.port(), direct).await?;
+            ctx.upstream = Some(sent.elapsed());
             // 6. Response filter: waking, cookies, Location, the upgrade.
             self.response_filter(resp, lease, &dest, &sandbox_id, direct, &mut ctx).await
         }
+        .instrument(span.clone())
         .await;
-        let mut resp = result.unwrap_or_else(|err| self.error_page(err, &mut ctx));
+        let mut resp = span.in_scope(|| result.unwrap_or_else(|err| self.error_page(err, &mut ctx)));
         ctx.cors.apply(resp.headers_mut());
+        resp.headers_mut().insert(X_REQUEST_ID, ctx.request_id.clone());
         // 7. Log.
-        self.log(&ctx, resp.status());
-        resp
+        self.log(&ctx, resp)
     }
 
     /// Request filter: preflights are answered, then the proxy's own routes
@@ -216,6 +132,9 @@ impl Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Cow<'d, str>, ProxyError> {
         let key = dest.key();
+        if ctx.logged {
+            ctx.key = Some(key.to_string());
+        }
         let original = dest.path_and_query(&parts.uri);
         let (mut creds, stripped) = Credentials::take(&mut parts.headers, original, key);
         if let Some(pq) = stripped {
@@ -230,6 +149,7 @@ impl Proxy {
             Dest::Toolbox { .. } => true,
         };
         if !needs_auth {
+            ctx.key_verified = true;
             return Ok(Cow::Borrowed(key));
         }
         let config = &self.shared.config;
@@ -240,6 +160,7 @@ impl Proxy {
             auth::authenticate(&self.shared.control_plane, &self.shared.signer, key, dest.port(), &creds, now, signed)
                 .await?;
         ctx.auth = Some(granted.method);
+        ctx.key_verified = granted.method != AuthMethod::SignedUrl;
         if granted.bearer_used {
             parts.headers.remove(AUTHORIZATION);
         }
@@ -356,7 +277,15 @@ impl Proxy {
                 None
             }
         };
-        let holds = Holds { activity, permit: ctx.permit.take() };
+        let on_close = match (upgraded, ctx.logged) {
+            (true, true) => {
+                let record = self.record(ctx, StatusCode::SWITCHING_PROTOCOLS);
+                let opened = std::time::Instant::now();
+                Some(Box::new(move |up, down| record.emit_tunnel(opened, up, down)) as Box<dyn FnOnce(u64, u64) + Send>)
+            }
+            _ => None,
+        };
+        let holds = Holds { activity, permit: ctx.permit.take(), on_close };
         let (parts, body) = resp.into_parts();
         let body = match body {
             Either::Left(body) => body,
@@ -383,16 +312,33 @@ impl Proxy {
             tracing::debug!(%method, status, code, ?port, "request refused");
         }
         self.shared.metrics.error(code);
-        self.shared.pages.render(&err, ctx.html).map(Either::Right)
+        let id = ctx.request_id.to_str().unwrap_or_default();
+        self.shared.pages.render(&err, ctx.html, id).map(Either::Right)
     }
 
-    /// Log: counts the answer and logs it once.
-    fn log(&self, ctx: &RequestCtx, status: StatusCode) {
-        self.shared.metrics.response(status);
-        if ctx.outcome.is_none() {
-            let elapsed_ms = ctx.started.elapsed().as_millis() as u64;
-            let port = ctx.port.map(Port::get);
-            tracing::debug!(method = %ctx.method, status = status.as_u16(), ?port, elapsed_ms, "answered");
+    /// Log: counts the answer; its access-log line is written once the
+    /// answer has been sent.
+    fn log(&self, ctx: &RequestCtx, resp: Response<Body>) -> Response<Logged> {
+        self.shared.metrics.response(resp.status());
+        let record = ctx.logged.then(|| Box::new(self.record(ctx, resp.status())));
+        resp.map(|body| Logged::new(body, record))
+    }
+
+    /// The access-log record of a request so far.
+    fn record(&self, ctx: &RequestCtx, status: StatusCode) -> Record {
+        let port = ctx.port.map(Port::get);
+        Record {
+            id: ctx.request_id.clone(),
+            client: ctx.peer.ip(),
+            method: ctx.method.clone(),
+            path: ctx.path.clone().unwrap_or_default(),
+            status: status.as_u16(),
+            host: access_log::logged_host(port, ctx.key.as_deref(), ctx.key_verified),
+            port,
+            outcome: ctx.outcome.unwrap_or("-"),
+            started: ctx.started,
+            upstream: ctx.upstream,
+            bytes_in: ctx.bytes_in.clone().unwrap_or_default(),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The proxy's own routes on hosts that are not preview hosts: `/health`,
 //! the path-based toolbox route, and the registry's last-activity view.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -18,6 +20,10 @@ impl Proxy {
     pub(super) fn own_route(&self, req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Filtered, ProxyError> {
         let path = req.uri().path();
         if path == "/health" && matches!(*req.method(), Method::GET | Method::HEAD) {
+            if self.shared.draining.load(Ordering::Relaxed) {
+                let body = Bytes::from_static(br#"{"status":"draining"}"#);
+                return Ok(Filtered::Answer(json_response(StatusCode::SERVICE_UNAVAILABLE, body)));
+            }
             return Ok(Filtered::Answer(json_response(StatusCode::OK, self.shared.health.clone())));
         }
         if let Some(rest) = path.strip_prefix("/toolbox/") {

@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::Server;
+use crate::pipeline::access_log::Logged;
 use crate::pipeline::Peer;
-use crate::upstream::Body;
 
 /// HTTP/2 pings: one after this long without frames, and the connection is
 /// closed when it is not answered within the same time.
@@ -319,13 +319,13 @@ impl Drop for StreamGuard {
 
 /// An answer's body, holding its stream open while it is sent.
 struct Counted {
-    body: Body,
+    body: Logged,
     _open: Option<StreamGuard>,
 }
 
 impl hyper::body::Body for Counted {
     type Data = bytes::Bytes;
-    type Error = <Body as hyper::body::Body>::Error;
+    type Error = <Logged as hyper::body::Body>::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.get_mut().body).poll_frame(cx)

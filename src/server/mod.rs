@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
+use crate::control_plane::ControlPlane;
 use crate::pipeline::{Peer, Proxy};
 use crate::upstream::tunnel::Tunnels;
 use tls::Tls;
@@ -57,6 +58,25 @@ impl Server {
     /// The open tunnels (shared by every worker).
     pub fn tunnels(&self) -> &Arc<Tunnels> {
         self.proxy.tunnels()
+    }
+
+    /// What the proxy asks about sandboxes, for the start-up line.
+    pub fn describe(&self) -> String {
+        match &*self.proxy.shared.control_plane {
+            ControlPlane::Api(_) => format!("Daytona API {}", self.config().api_url.as_deref().unwrap_or_default()),
+            ControlPlane::Registry(registry) => format!(
+                "registry {} ({} sandboxes)",
+                self.config().registry_file.display(),
+                registry.snapshot().sandbox_count()
+            ),
+        }
+    }
+
+    /// With the shipped demo registry: the URL to try.
+    pub fn demo_url(&self, port: u16) -> Option<String> {
+        let ControlPlane::Registry(registry) = &*self.proxy.shared.control_plane else { return None };
+        registry.snapshot().sandbox("demo")?;
+        Some(format!("{}://8000-demo.preview.localhost:{port}/", self.proxy.shared.proto()))
     }
 }
 
@@ -110,10 +130,8 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
     }
     drop(listener);
     let tunnels = server.tunnels().clone();
-    tracing::info!(
-        tunnels = tunnels.open(),
-        "shutting down: no longer accepting; waiting for in-flight requests and tunnels"
-    );
+    tracing::debug!(tunnels = tunnels.open(), "worker no longer accepting; waiting for in-flight requests and tunnels");
+    server.proxy.start_draining();
     let _ = closing.send(true);
     let finished = async {
         while open.load(Ordering::Relaxed) > 0 {
@@ -122,7 +140,7 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
         tunnels.drained().await;
     };
     match tokio::time::timeout(shutdown_timeout, finished).await {
-        Ok(()) => tracing::info!("all connections finished"),
+        Ok(()) => tracing::debug!("worker: all connections finished"),
         Err(_) => tracing::warn!(tunnels = tunnels.open(), "shutdown timeout reached; closing what is left"),
     }
     tunnels.close_all();

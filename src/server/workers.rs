@@ -57,7 +57,13 @@ pub fn run_workers(config: Config, workers: usize) -> Result<(), StartError> {
         let _runtime = main_rt.enter();
         shutdown_signal().map_err(io("catching SIGTERM/SIGINT"))?
     };
-    tracing::info!(address = %bound, workers, "preview-proxy listening");
+    let protocols = if server.config().tls.is_some() { "https (h2, http/1.1)" } else { "http (http/1.1, h2c)" };
+    tracing::info!(address = %bound, workers, protocols, control_plane = %server.describe(), "preview-proxy listening");
+    if let Some(url) = server.demo_url(bound.port()) {
+        tracing::info!(
+            "try the demo sandbox: start an app on port 8000 (python3 -m http.server 8000), then open {url}"
+        );
+    }
 
     let mut threads = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -90,12 +96,26 @@ pub fn run_workers(config: Config, workers: usize) -> Result<(), StartError> {
         None => None,
     };
     let server = Arc::new(server);
+    let (delay, drain) = (server.config().shutdown_delay, server.config().shutdown_timeout);
     let result = main_rt.block_on(async move {
         if let Some(listener) = metrics {
             tokio::spawn(serve_metrics(listener, server.clone()));
         }
+        let draining = server.clone();
         tokio::spawn(async move {
             signal.await;
+            draining.proxy.start_draining();
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_sec = delay.as_secs(),
+                    "shutting down: /health answers 503 draining; still accepting"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            tracing::info!(
+                timeout_sec = drain.as_secs(),
+                "shutting down: no longer accepting; finishing requests and tunnels"
+            );
             let _ = stop.send(true);
         });
         let mut stopped = stopped.clone();
@@ -107,6 +127,7 @@ pub fn run_workers(config: Config, workers: usize) -> Result<(), StartError> {
     for thread in threads {
         thread.join().map_err(|_| StartError::WorkerPanicked)?.map_err(io("serving"))?;
     }
+    tracing::info!("preview-proxy stopped");
     result.map_err(io("serving"))
 }
 

@@ -58,6 +58,8 @@ pub struct Holds {
     pub activity: Option<ActivityGuard>,
     /// Its place under `MAX_CONNECTIONS_PER_SANDBOX`.
     pub permit: Option<Permit>,
+    /// Called when a tunnel closes, with the bytes it moved up and down.
+    pub on_close: Option<Box<dyn FnOnce(u64, u64) + Send>>,
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -49,11 +51,13 @@ pub enum ClientBodyError {
 pub struct ClientBody {
     body: Incoming,
     idle: IdleLimit,
+    /// Bytes passed on, when someone counts them (the access log).
+    counted: Option<Arc<AtomicU64>>,
 }
 
 impl ClientBody {
-    pub fn new(body: Incoming, limit: Duration) -> ClientBody {
-        ClientBody { body, idle: IdleLimit::new(limit) }
+    pub fn new(body: Incoming, limit: Duration, counted: Option<Arc<AtomicU64>>) -> ClientBody {
+        ClientBody { body, idle: IdleLimit::new(limit), counted }
     }
 }
 
@@ -69,6 +73,11 @@ impl hyper::body::Body for ClientBody {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Malformed(e)))),
             Poll::Ready(frame) => {
                 this.idle.moved = true;
+                if let (Some(counted), Some(Ok(f))) = (&this.counted, &frame) {
+                    if let Some(data) = f.data_ref() {
+                        counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
                 Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Malformed)))
             }
         }

@@ -60,15 +60,24 @@ impl Tunnels {
         let tunnels = self.clone();
         tunnels.open.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            let _holds = holds;
+            let Holds { activity: _activity, permit: _permit, on_close } = holds;
             let _count = Counted(&tunnels.open);
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
                 Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
             };
-            match copy(TokioIo::new(client), TokioIo::new(upstream), tunnels.idle_timeout, tunnels.close.subscribe())
-                .await
-            {
+            let clock = Clock {
+                base: Instant::now(),
+                last: AtomicU64::new(1),
+                writing_since: Default::default(),
+                moved: Default::default(),
+            };
+            let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            let end = copy(client, upstream, tunnels.idle_timeout, tunnels.close.subscribe(), &clock).await;
+            if let Some(on_close) = on_close {
+                on_close(clock.moved[0].load(Ordering::Relaxed), clock.moved[1].load(Ordering::Relaxed));
+            }
+            match end {
                 Ok(End::Closed) => {}
                 Ok(End::Idle) => tracing::debug!("tunnel closed after the idle timeout"),
                 Ok(End::Shutdown) => tracing::debug!("tunnel closed at shutdown"),
@@ -105,6 +114,8 @@ struct Clock {
     base: Instant,
     last: AtomicU64,
     writing_since: [AtomicU64; 2],
+    /// Bytes moved each way (client to app, app to client).
+    moved: [AtomicU64; 2],
 }
 
 impl Clock {
@@ -158,6 +169,7 @@ where
         clock.writing(dir, true);
         to.write_all(&buf).await?;
         clock.writing(dir, false);
+        clock.moved[dir].fetch_add(buf.len() as u64, Ordering::Relaxed);
         clock.moved();
         buf.clear();
     }
@@ -167,17 +179,16 @@ where
 /// nothing moves (or a write waits) for `idle`, or `close` turns true. A
 /// slow reader slows only the direction that writes to it; the other
 /// direction, the idle deadline and the shutdown signal keep going.
-async fn copy<A, B>(a: A, b: B, idle: Duration, mut close: watch::Receiver<bool>) -> io::Result<End>
+async fn copy<A, B>(a: A, b: B, idle: Duration, mut close: watch::Receiver<bool>, clock: &Clock) -> io::Result<End>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut a_read, mut a_write) = tokio::io::split(a);
     let (mut b_read, mut b_write) = tokio::io::split(b);
-    let clock = Clock { base: Instant::now(), last: AtomicU64::new(1), writing_since: Default::default() };
     let end = tokio::select! {
-        r = pump(&mut a_read, &mut b_write, 0, &clock) => r.map(|()| End::Closed),
-        r = pump(&mut b_read, &mut a_write, 1, &clock) => r.map(|()| End::Closed),
+        r = pump(&mut a_read, &mut b_write, 0, clock) => r.map(|()| End::Closed),
+        r = pump(&mut b_read, &mut a_write, 1, clock) => r.map(|()| End::Closed),
         () = clock.expired(idle) => Ok(End::Idle),
         () = closed(&mut close) => Ok(End::Shutdown),
     };

@@ -150,6 +150,13 @@ impl Answer {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The body with this answer's own request id taken out, to compare
+    /// answers that must otherwise be identical.
+    pub fn text_without_request_id(&self) -> String {
+        let id = self.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("\u{0}");
+        self.text().replace(id, "")
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
