@@ -441,3 +441,61 @@ async fn request_headers_over_64_kib_get_431() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{}", &answer[..answer.len().min(200)]);
     assert!(app.seen().is_empty());
 }
+
+#[tokio::test]
+async fn an_http_1_0_app_still_gives_the_client_http_1_1_keep_alive_and_chunks() {
+    // Python's http.server: HTTP/1.0, no Content-Length, ends the body by
+    // closing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_head(&mut s).await;
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from 1.0").await;
+            });
+        }
+    });
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {port}-demo.preview.localhost\r\n\r\n").as_bytes()).await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+        // Read the chunked body to its last chunk: the connection stays open.
+        let mut body = Vec::new();
+        while !body.ends_with(b"0\r\n\r\n") {
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed the client's connection");
+            body.extend_from_slice(&buf[..n]);
+        }
+        assert!(String::from_utf8_lossy(&body).contains("hello from 1.0"));
+    }
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_that_asks_for_keep_alive_keeps_its_connection() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..2 {
+        let req = format!(
+            "GET / HTTP/1.0\r\nHost: {}-demo.preview.localhost\r\nConnection: keep-alive\r\n\r\n",
+            app.addr.port()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.contains(" 200 "), "{head}");
+        assert!(head.to_ascii_lowercase().contains("connection: keep-alive"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().to_string()))
+            .expect("a length, as HTTP/1.0 keep-alive needs")
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+    }
+}

@@ -55,7 +55,7 @@ impl Record {
             upstream_ms = format_args!("{}", self.upstream.map_or("-".to_string(), |d| format!("{:.2}", ms(d)))),
             sandbox = %self.host,
             port = self.port.unwrap_or(0),
-            outcome = self.outcome,
+            outcome = %self.outcome,
         );
     }
 

@@ -255,6 +255,9 @@ impl Proxy {
                 }
             }
         };
+        // The proxy speaks its own version to the client: an HTTP/1.0 app
+        // (Python's http.server) must not cost the client its keep-alive.
+        *resp.version_mut() = http::Version::HTTP_11;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             remove_hop_by_hop(resp.headers_mut());
         }
