@@ -50,9 +50,9 @@ impl Proxy {
     pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Logged> {
         let config = &self.shared.config;
         let trusted = config.is_trusted_proxy(peer.addr.ip());
-        let mut ctx = RequestCtx::new(&mut req, peer, self.shared.proto, trusted, config.access_log);
+        let mut ctx = RequestCtx::new(&mut req, peer, self.shared.proto, trusted, self.shared.access_log);
         let span = tracing::info_span!("request", id = %ctx.request_id.to_str().unwrap_or("-"));
-        let result = async {
+        let phases = async {
             // 1. Request filter: preflights, the proxy's own routes, the warning page.
             let (req, dest) = match self.request_filter(req, &mut ctx).await? {
                 Filtered::Answer(resp) => return Ok(resp),
@@ -78,9 +78,13 @@ impl Proxy {
             ctx.upstream = Some(sent.elapsed());
             // 6. Response filter: waking, cookies, Location, the upgrade.
             self.response_filter(resp, lease, &dest, &sandbox_id, direct, &mut ctx).await
-        }
-        .instrument(span.clone())
-        .await;
+        };
+        // Wrapping the phases in a disabled span still moves the whole
+        // future once more: skip it when nothing would record the span.
+        let result = match span.is_disabled() {
+            true => phases.await,
+            false => phases.instrument(span.clone()).await,
+        };
         let mut resp = span.in_scope(|| result.unwrap_or_else(|err| self.error_page(err, &mut ctx)));
         ctx.cors.apply(resp.headers_mut());
         resp.headers_mut().insert(X_REQUEST_ID, ctx.request_id.clone());

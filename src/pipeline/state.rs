@@ -44,6 +44,9 @@ pub struct Shared {
     pub(super) proto: &'static str,
     /// `/health` answer, built once.
     pub(super) health: Bytes,
+    /// Access lines are on and the log filter lets them through (checked
+    /// once: a record is not gathered for a line nobody writes).
+    pub(super) access_log: bool,
     /// Shutdown has begun: `/health` says so.
     pub(super) draining: AtomicBool,
 }
@@ -98,6 +101,7 @@ impl Proxy {
             activity,
             health: Bytes::from(health),
             draining: AtomicBool::new(false),
+            access_log: config.access_log && tracing::enabled!(target: "access", tracing::Level::INFO),
             config,
         };
         Ok(Proxy { pool: Pool::new(&shared.config), shared: Arc::new(shared) })

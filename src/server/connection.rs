@@ -71,7 +71,7 @@ where
 {
     let config = server.config();
     let (header_read, idle) = (config.header_read_timeout, config.idle_timeout);
-    let reads = Arc::new(ReadClock { base: Instant::now(), last: AtomicU64::new(0) });
+    let reads = Arc::new(ReadClock { reads: AtomicU64::new(0) });
     let streams = Arc::new(Streams { base: Instant::now(), open: AtomicUsize::new(0), idle_since: AtomicU64::new(0) });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     match protocol {
@@ -126,19 +126,16 @@ where
     }
 }
 
-/// When the connection last received bytes (nanoseconds since `base`; 0:
-/// never).
+/// How many reads brought bytes on the connection: the header timer, which
+/// hyper polls after every read, notices the first one of a request by the
+/// count changing (cheaper than taking the time on every read).
 struct ReadClock {
-    base: Instant,
-    last: AtomicU64,
+    reads: AtomicU64,
 }
 
 impl ReadClock {
-    fn last_read(&self) -> Option<Instant> {
-        match self.last.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(self.base + Duration::from_nanos(n)),
-        }
+    fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 }
 
@@ -154,8 +151,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let nanos = this.reads.base.elapsed().as_nanos() as u64;
-            this.reads.last.store(nanos.max(1), Ordering::Relaxed);
+            this.reads.reads.fetch_add(1, Ordering::Relaxed);
         }
         polled
     }
@@ -215,6 +211,7 @@ impl hyper::rt::Timer for HeadTimer {
             Some(mut head) => {
                 head.started = new_deadline - self.header_read;
                 head.keep_alive = true;
+                head.reads_at_start = self.reads.reads();
                 head.first_byte = None;
             }
             None => *sleep = self.sleep_until(new_deadline),
@@ -229,7 +226,9 @@ struct HeadSleep {
     idle: Duration,
     /// Waiting for a request after the first.
     keep_alive: bool,
-    /// When that request's first byte arrived.
+    /// The read count when the wait began.
+    reads_at_start: u64,
+    /// When that request's first byte was noticed.
     first_byte: Option<Instant>,
     reads: Arc<ReadClock>,
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -242,6 +241,7 @@ impl HeadSleep {
             header_read,
             idle: timer.idle,
             keep_alive,
+            reads_at_start: timer.reads.reads(),
             first_byte: None,
             reads: timer.reads.clone(),
             sleep: Box::pin(tokio::time::sleep_until((started + header_read).into())),
@@ -254,8 +254,8 @@ impl Future for HeadSleep {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if this.keep_alive && this.first_byte.is_none() {
-            this.first_byte = this.reads.last_read().filter(|t| *t > this.started);
+        if this.keep_alive && this.first_byte.is_none() && this.reads.reads() != this.reads_at_start {
+            this.first_byte = Some(Instant::now());
         }
         let deadline = match (this.keep_alive, this.first_byte) {
             (false, _) => this.started + this.header_read,
