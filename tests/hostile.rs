@@ -353,20 +353,27 @@ async fn a_stalled_upload_gets_408() {
     assert_eq!(server_errors(&proxy), 0);
 }
 
-#[tokio::test]
-async fn a_stalled_download_is_aborted_never_ended_cleanly() {
-    // The app sends its head and 10 of 100 bytes, then nothing.
+/// An app on a raw socket: reads a request head, writes `answer`, then
+/// holds the connection open for `hold` and closes it. Returns its port.
+async fn raw_app(answer: &'static [u8], hold: Duration) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
                 read_head(&mut s).await;
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                let _ = s.write_all(answer).await;
+                tokio::time::sleep(hold).await;
             });
         }
     });
+    port
+}
+
+#[tokio::test]
+async fn a_stalled_download_is_aborted_never_ended_cleanly() {
+    // The app sends its head and 10 of 100 bytes, then nothing.
+    let port = raw_app(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789", Duration::from_secs(60)).await;
     let (proxy, _dir) = proxy(|c| c.response_idle_timeout = Some(Duration::from_secs(1))).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(format!("GET / HTTP/1.1\r\nHost: {port}-demo.preview.localhost\r\n\r\n").as_bytes()).await.unwrap();
@@ -444,18 +451,9 @@ async fn request_headers_over_64_kib_get_431() {
 
 #[tokio::test]
 async fn an_http_1_0_app_still_gives_the_client_http_1_1_keep_alive_and_chunks() {
-    // Python's http.server: HTTP/1.0, no Content-Length, ends the body by
-    // closing.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                read_head(&mut s).await;
-                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from 1.0").await;
-            });
-        }
-    });
+    // Python's http.server: HTTP/1.0, no Content-Length; its body ends
+    // when it closes.
+    let port = raw_app(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from 1.0", Duration::ZERO).await;
     let (proxy, _dir) = proxy(|_| {}).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     for _ in 0..2 {

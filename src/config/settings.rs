@@ -33,6 +33,25 @@ macro_rules! field {
     };
 }
 
+/// A setting of an optional group (`Some` once its switch is on): parsed,
+/// hence validated, always; stored only when the group exists.
+macro_rules! grouped {
+    ($name:literal, $default:literal, $help:literal, $group:ident . $field:ident = $parse:expr) => {
+        Setting {
+            name: $name,
+            default: $default,
+            help: $help,
+            apply: |c, v, _| {
+                let v = ($parse)(v)?;
+                if let Some(group) = &mut c.$group {
+                    group.$field = v;
+                }
+                Ok(())
+            },
+        }
+    };
+}
+
 /// Every setting, in `--help` order. Settings that fill a group (TLS, the
 /// warning page, Redis) come after the switch that creates the group.
 pub const SETTINGS: &[Setting] = &[
@@ -187,54 +206,10 @@ pub const SETTINGS: &[Setting] = &[
         "show browsers a warning page before a preview's first page load",
         warning = |v| boolean(v).map(|on| on.then(Branding::default))
     ),
-    Setting {
-        name: "PREVIEW_WARNING_PRODUCT_NAME",
-        default: "this platform",
-        help: "product name on the warning page",
-        apply: |c, v, _| {
-            let v = header_safe(v)?;
-            if let Some(b) = &mut c.warning {
-                b.product = v;
-            }
-            Ok(())
-        },
-    },
-    Setting {
-        name: "PREVIEW_WARNING_LOGO_URL",
-        default: "",
-        help: "http(s) URL of a logo for the warning page; empty = none",
-        apply: |c, v, _| {
-            let v = optional_http_url(v)?;
-            if let Some(b) = &mut c.warning {
-                b.logo_url = v;
-            }
-            Ok(())
-        },
-    },
-    Setting {
-        name: "PREVIEW_WARNING_ACCENT_COLOR",
-        default: "#1f6feb",
-        help: "button colour of the warning page (#rgb or #rrggbb)",
-        apply: |c, v, _| {
-            let v = hex_colour(v)?;
-            if let Some(b) = &mut c.warning {
-                b.accent = v;
-            }
-            Ok(())
-        },
-    },
-    Setting {
-        name: "PREVIEW_WARNING_SUPPORT_URL",
-        default: "",
-        help: "http(s) support link on the warning page; empty = none",
-        apply: |c, v, _| {
-            let v = optional_http_url(v)?;
-            if let Some(b) = &mut c.warning {
-                b.support_url = v;
-            }
-            Ok(())
-        },
-    },
+    grouped!("PREVIEW_WARNING_PRODUCT_NAME", "this platform", "product name on the warning page", warning.product = header_safe),
+    grouped!("PREVIEW_WARNING_LOGO_URL", "", "http(s) URL of a logo for the warning page; empty = none", warning.logo_url = optional_http_url),
+    grouped!("PREVIEW_WARNING_ACCENT_COLOR", "#1f6feb", "button colour of the warning page (#rgb or #rrggbb)", warning.accent = hex_colour),
+    grouped!("PREVIEW_WARNING_SUPPORT_URL", "", "http(s) support link on the warning page; empty = none", warning.support_url = optional_http_url),
     field!("TOOLBOX_ONLY_MODE", "false", "refuse every preview port except the toolbox (2280)", toolbox_only = boolean),
     field!(
         "ACTIVITY_UPDATE_INTERVAL_SEC",
