@@ -73,6 +73,19 @@ fn settings_that_would_break_headers_stop_start_up_and_foreign_non_utf8_variable
 }
 
 #[test]
+fn a_certificate_that_does_not_load_is_a_configuration_error() {
+    let out = proxy_command()
+        .env("PROXY_PORT", "0")
+        .env("ENABLE_TLS", "true")
+        .env("TLS_CERT_FILE", "/nonexistent/cert.pem")
+        .env("TLS_KEY_FILE", "/nonexistent/key.pem")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "exit 2, as every configuration error");
+    assert!(String::from_utf8(out.stderr).unwrap().contains("/nonexistent/cert.pem"));
+}
+
+#[test]
 fn a_missing_config_file_is_named() {
     let out = proxy_command().args(["--config", "/nonexistent/proxy.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

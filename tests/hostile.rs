@@ -497,3 +497,54 @@ async fn an_http_1_0_client_that_asks_for_keep_alive_keeps_its_connection() {
         s.read_exact(&mut body).await.unwrap();
     }
 }
+
+/// An HTTP/2 connection to the proxy (prior knowledge, cleartext).
+async fn h2(proxy: &TestProxy) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test]
+async fn one_http2_connection_cannot_fan_out_past_its_stream_limit() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|c| c.max_concurrent_streams = 4).await;
+    let sender = h2(&proxy).await;
+    let host = format!("{}-demo.preview.localhost", app.addr.port());
+    // Ten never-ending streams asked for at once: only four may be open.
+    let mut pending = Vec::new();
+    for _ in 0..10 {
+        let mut sender = sender.clone();
+        let req = http::Request::builder()
+            .uri(format!("http://{host}/stream"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        pending.push(tokio::spawn(async move { sender.send_request(req).await }));
+    }
+    wait_for(|| async { app.connections() == 4 }).await;
+    // Give the other six every chance to get through, then look again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.connections(), 4, "streams past the limit reached the app");
+    for p in pending {
+        p.abort();
+    }
+}
+
+#[tokio::test]
+async fn an_http2_host_header_that_disagrees_with_authority_is_a_400() {
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let mut sender = h2(&proxy).await;
+    let req = http::Request::builder()
+        .uri(format!("http://{}-demo.preview.localhost/", app.addr.port()))
+        .header("host", "3000-other.preview.localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(app.seen().is_empty());
+}
