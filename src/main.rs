@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return bad_config(&e),
     };
-    init_logging(config.json_logs);
+    let _log_writer = init_logging(config.json_logs);
     let now = unix_now();
     let done: Option<anyhow::Result<()>> = match cli.command {
         None => None,
@@ -107,14 +107,23 @@ fn main() -> ExitCode {
 }
 
 /// `RUST_LOG` (default `info`) to stdout, as text or one JSON object a line.
-fn init_logging(json: bool) {
+/// Lines are written by a thread of their own through a buffer, so a worker
+/// never waits on a `write` per access line; none is dropped (a writer that
+/// falls behind slows the workers instead). Keep the guard until exit: it
+/// flushes what is left.
+fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::new(std::io::stdout()));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if json {
         fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
     } else {
-        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).init();
+        fmt.with_ansi(ansi).init();
     }
+    guard
 }
 
 fn bad_config(e: &ConfigError) -> ExitCode {
