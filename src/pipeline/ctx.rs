@@ -25,13 +25,15 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The IP as a header value (`X-Forwarded-For`).
     pub ip_value: HeaderValue,
+    /// The peer is a front proxy in `TRUSTED_PROXIES`.
+    pub trusted: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Peer {
+    pub fn new(addr: SocketAddr, trusted: bool) -> Peer {
         let ip = addr.ip().to_string();
         let ip_value = HeaderValue::try_from(ip).unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { addr, ip_value }
+        Peer { addr, ip_value, trusted }
     }
 }
 
@@ -40,6 +42,8 @@ pub struct RequestCtx {
     pub started: Instant,
     pub peer: SocketAddr,
     pub peer_value: HeaderValue,
+    /// The peer is a trusted front proxy.
+    pub trusted: bool,
     pub method: Method,
     /// The client accepts HTML: the proxy's errors become pages.
     pub html: bool,
@@ -81,10 +85,10 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// Reads what every phase needs; takes the CORS control header out.
-    /// `scheme` is the one users see (`PROXY_PROTOCOL`); `trusted`: the
-    /// peer is a front proxy whose `X-Request-Id` is kept; `log`: the access
-    /// log is on.
-    pub fn new(req: &mut Request<Incoming>, peer: &super::Peer, scheme: &str, trusted: bool, log: bool) -> RequestCtx {
+    /// `scheme` is the one users see (`PROXY_PROTOCOL`); `log`: the access
+    /// log is on. A trusted peer's `X-Request-Id` is kept.
+    pub fn new(req: &mut Request<Incoming>, peer: &super::Peer, scheme: &str, log: bool) -> RequestCtx {
+        let trusted = peer.trusted;
         let host = match req.uri().authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
             None => req.headers().get(HOST).cloned(),
@@ -107,6 +111,7 @@ impl RequestCtx {
             started: Instant::now(),
             peer: peer.addr,
             peer_value: peer.ip_value.clone(),
+            trusted,
             method: req.method().clone(),
             html: wants_html(req.headers()),
             cors,

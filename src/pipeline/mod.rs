@@ -48,9 +48,7 @@ enum Filtered {
 impl Proxy {
     /// Answers one request. Never fails: errors become negotiated pages.
     pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Logged> {
-        let config = &self.shared.config;
-        let trusted = config.is_trusted_proxy(peer.addr.ip());
-        let mut ctx = RequestCtx::new(&mut req, peer, self.shared.proto, trusted, self.shared.access_log);
+        let mut ctx = RequestCtx::new(&mut req, peer, self.shared.proto, self.shared.access_log);
         let span = tracing::info_span!("request", id = %ctx.request_id.to_str().unwrap_or("-"));
         let phases = async {
             // 1. Request filter: preflights, the proxy's own routes, the warning page.
@@ -200,7 +198,7 @@ impl Proxy {
         let down = Downstream {
             peer: ctx.peer.ip(),
             peer_value: ctx.peer_value.clone(),
-            trusted: self.shared.config.is_trusted_proxy(ctx.peer.ip()),
+            trusted: ctx.trusted,
             host: ctx.host.clone().unwrap_or(http::HeaderValue::from_static("")),
             proto: self.shared.proto,
         };

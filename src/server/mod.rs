@@ -104,7 +104,9 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let (server, peer, closing) = (server.clone(), Peer::new(peer), closing_rx.clone());
+        // Whether the peer is a front proxy is decided once per connection.
+        let peer = Peer::new(peer, config.is_trusted_proxy(peer.ip()));
+        let (server, closing) = (server.clone(), closing_rx.clone());
         let counted = OpenConnection::new(&open);
         tokio::spawn(async move {
             let _counted = counted;
