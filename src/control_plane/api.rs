@@ -19,6 +19,7 @@ use super::{LookupError, Runner, Target};
 use crate::config::{Config, ConfigError};
 use crate::http::escape::segment;
 use crate::http::host::Port;
+use crate::metrics::{CacheName, CallOutcome, Endpoint, Metrics};
 
 const ATTEMPTS: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_millis(150);
@@ -57,6 +58,7 @@ pub struct DaytonaApi {
     activity_dedup: Duration,
     /// Redis shared by the proxy instances, when configured.
     shared: Option<SharedCache>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Deserialize)]
@@ -68,7 +70,7 @@ struct RunnerJson {
 }
 
 impl DaytonaApi {
-    pub fn new(config: &Config) -> Result<DaytonaApi, ConfigError> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<DaytonaApi, ConfigError> {
         let base = config.api_url.clone().ok_or_else(|| ConfigError::setting("DAYTONA_API_URL", "not set"))?;
         let mut auth = HeaderValue::try_from(format!("Bearer {}", config.api_key))
             .map_err(|_| ConfigError::setting("PROXY_API_KEY", "has characters not allowed in a header"))?;
@@ -92,19 +94,36 @@ impl DaytonaApi {
             public_ttl: config.cache.public_ttl,
             valid_ttl: config.cache.valid_credential_ttl,
             invalid_ttl: config.cache.invalid_credential_ttl,
-            public: ReadThrough::new(CACHE_CAPACITY, None).shared(shared_ref, "proxy:sandbox-public:", local),
-            runners: ReadThrough::new(CACHE_CAPACITY, Some(config.stale_if_error)).shared(
+            public: ReadThrough::new(CACHE_CAPACITY, None, CacheName::Public, &metrics).shared(
+                shared_ref,
+                "proxy:sandbox-public:",
+                local,
+            ),
+            runners: ReadThrough::new(CACHE_CAPACITY, Some(config.stale_if_error), CacheName::Runner, &metrics).shared(
                 shared_ref,
                 "proxy:sandbox-runner-info:",
                 local,
             ),
-            tokens: ReadThrough::new(CACHE_CAPACITY, None).shared(shared_ref, "proxy:sandbox-auth-key-valid:", local),
-            access: ReadThrough::new(CACHE_CAPACITY, None).shared(shared_ref, "proxy:sandbox-access-valid:", local),
-            signed: ReadThrough::new(CACHE_CAPACITY, None).shared(shared_ref, "proxy:signed-preview-token:", local),
-            states: ReadThrough::new(CACHE_CAPACITY, None),
-            starts: ReadThrough::new(CACHE_CAPACITY, None),
+            tokens: ReadThrough::new(CACHE_CAPACITY, None, CacheName::Token, &metrics).shared(
+                shared_ref,
+                "proxy:sandbox-auth-key-valid:",
+                local,
+            ),
+            access: ReadThrough::new(CACHE_CAPACITY, None, CacheName::Access, &metrics).shared(
+                shared_ref,
+                "proxy:sandbox-access-valid:",
+                local,
+            ),
+            signed: ReadThrough::new(CACHE_CAPACITY, None, CacheName::Signed, &metrics).shared(
+                shared_ref,
+                "proxy:signed-preview-token:",
+                local,
+            ),
+            states: ReadThrough::new(CACHE_CAPACITY, None, CacheName::State, &metrics),
+            starts: ReadThrough::new(CACHE_CAPACITY, None, CacheName::Start, &metrics),
             activity_dedup: config.activity_dedup,
             shared,
+            metrics,
         })
     }
 
@@ -114,7 +133,7 @@ impl DaytonaApi {
         self.public
             .get(sandbox_id, || async {
                 let path = format!("/preview/{}/public", segment(sandbox_id));
-                let (status, _) = self.call(&path, "public-status lookup", &self.auth, None).await?;
+                let (status, _) = self.call(&path, Endpoint::Public, &self.auth, None).await?;
                 Ok((status.is_success(), self.public_ttl))
             })
             .await
@@ -125,7 +144,7 @@ impl DaytonaApi {
         self.runners
             .get(sandbox_id, || async {
                 let path = format!("/runners/by-sandbox/{}", segment(sandbox_id));
-                let (status, body) = self.call(&path, "runner lookup", &self.auth, None).await?;
+                let (status, body) = self.call(&path, Endpoint::Runner, &self.auth, None).await?;
                 if status == StatusCode::NOT_FOUND {
                     return Err(LookupError::NotFound);
                 }
@@ -152,7 +171,7 @@ impl DaytonaApi {
         self.tokens
             .get(&credential_key(sandbox_id, token), || async {
                 let path = format!("/preview/{}/validate/{}", segment(sandbox_id), segment(token));
-                let (status, _) = self.call(&path, "preview-token check", &self.auth, None).await?;
+                let (status, _) = self.call(&path, Endpoint::ValidateToken, &self.auth, None).await?;
                 Ok(self.credential_answer(status.is_success()))
             })
             .await
@@ -168,7 +187,7 @@ impl DaytonaApi {
         self.access
             .get(&credential_key(sandbox_id, bearer), || async {
                 let path = format!("/preview/{}/access", segment(sandbox_id));
-                let (status, _) = self.call(&path, "access check", &auth, Some(client_ip)).await?;
+                let (status, _) = self.call(&path, Endpoint::Access, &auth, Some(client_ip)).await?;
                 Ok(self.credential_answer(status.is_success()))
             })
             .await
@@ -182,7 +201,7 @@ impl DaytonaApi {
         self.signed
             .get(&credential_key(&port.to_string(), token), || async {
                 let path = format!("/preview/{}/{port}/sandbox-id", segment(token));
-                let (status, body) = self.call(&path, "signed-token lookup", &self.auth, None).await?;
+                let (status, body) = self.call(&path, Endpoint::SignedToken, &self.auth, None).await?;
                 if !status.is_success() {
                     return Ok((None, self.invalid_ttl));
                 }
@@ -204,7 +223,7 @@ impl DaytonaApi {
                     state: String,
                 }
                 let path = format!("/sandbox/{}", segment(sandbox_id));
-                let (status, body) = self.call(&path, "sandbox state lookup", &self.auth, None).await?;
+                let (status, body) = self.call(&path, Endpoint::State, &self.auth, None).await?;
                 if status == StatusCode::NOT_FOUND {
                     return Err(LookupError::NotFound);
                 }
@@ -228,7 +247,7 @@ impl DaytonaApi {
         self.starts
             .get(sandbox_id, || async {
                 let path = format!("/sandbox/{}/start", segment(sandbox_id));
-                let (status, body) = self.request(Method::POST, &path, "sandbox start", &self.auth, None).await?;
+                let (status, body) = self.request(Method::POST, &path, Endpoint::Start, &self.auth, None).await?;
                 if !status.is_success() {
                     return Err(LookupError::Invalid(format!(
                         "sandbox start answered {status}: {}",
@@ -249,16 +268,16 @@ impl DaytonaApi {
 
     /// One API call with retries. Returns any definite answer (2xx, or 4xx
     /// other than 408/429); everything else is retried, then `Unavailable`.
-    /// `what` names the call in errors: paths can hold tokens, so they are
-    /// never put in messages.
+    /// `endpoint` names the call in errors: paths can hold tokens, so they
+    /// are never put in messages.
     async fn call(
         &self,
         path: &str,
-        what: &str,
+        endpoint: Endpoint,
         auth: &HeaderValue,
         client_ip: Option<IpAddr>,
     ) -> Result<(StatusCode, Bytes), LookupError> {
-        self.request(Method::GET, path, what, auth, client_ip).await
+        self.request(Method::GET, path, endpoint, auth, client_ip).await
     }
 
     /// `POST /sandbox/{id}/last-activity`: keeps the sandbox awake.
@@ -272,7 +291,7 @@ impl DaytonaApi {
             }
         }
         let path = format!("/sandbox/{}/last-activity", segment(sandbox_id));
-        let (status, body) = self.request(Method::POST, &path, "last-activity update", &self.auth, None).await?;
+        let (status, body) = self.request(Method::POST, &path, Endpoint::LastActivity, &self.auth, None).await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -280,8 +299,28 @@ impl DaytonaApi {
         }
     }
 
-    /// One API call with retries (see [`DaytonaApi::call`]).
+    /// One API call with retries (see [`DaytonaApi::call`]), counted by
+    /// endpoint and outcome.
     async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        endpoint: Endpoint,
+        auth: &HeaderValue,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(StatusCode, Bytes), LookupError> {
+        let started = std::time::Instant::now();
+        let result = self.request_with_retries(method, path, endpoint.describe(), auth, client_ip).await;
+        let outcome = match &result {
+            Ok((status, _)) if status.is_success() => CallOutcome::Ok,
+            Ok(_) => CallOutcome::Refused,
+            Err(_) => CallOutcome::Unavailable,
+        };
+        self.metrics.local().call(endpoint, outcome, started.elapsed());
+        result
+    }
+
+    async fn request_with_retries(
         &self,
         method: Method,
         path: &str,

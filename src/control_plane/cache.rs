@@ -12,6 +12,7 @@ use super::LookupError;
 use serde_json::Value;
 
 use super::shared_cache::{Shared, SharedCache};
+use crate::metrics::{CacheName, CacheResult, Metrics};
 
 /// A value with the TTL its loader chose.
 #[derive(Clone)]
@@ -42,6 +43,8 @@ pub struct ReadThrough<V> {
     /// Copies that outlive `fresh` by the stale-if-error window.
     last_good: Option<Cache<String, Timed<V>, Hasher>>,
     shared: Option<SharedLevel<V>>,
+    name: CacheName,
+    metrics: Arc<Metrics>,
 }
 
 /// The shared second level behind one cache.
@@ -58,7 +61,8 @@ struct SharedLevel<V> {
 impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
     /// `stale_if_error`: how long after expiry a value may still answer when
     /// loading fails transiently (`None`: never).
-    pub fn new(capacity: u64, stale_if_error: Option<Duration>) -> Self {
+    /// Lookups are counted in `metrics` under `name`.
+    pub fn new(capacity: u64, stale_if_error: Option<Duration>, name: CacheName, metrics: &Arc<Metrics>) -> Self {
         let build = |extra| {
             Cache::builder().max_capacity(capacity).expire_after(PerEntry { extra }).build_with_hasher(Hasher::new())
         };
@@ -66,6 +70,8 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
             fresh: build(Duration::ZERO),
             last_good: stale_if_error.filter(|d| !d.is_zero()).map(build),
             shared: None,
+            name,
+            metrics: metrics.clone(),
         }
     }
 
@@ -95,8 +101,10 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
         // A hit never builds the loader's future, which holds a whole HTTP
         // call and would be copied on every request otherwise.
         if let Some(hit) = self.fresh.get(key).await {
+            self.metrics.local().cache(self.name, CacheResult::Hit);
             return Ok(hit.value);
         }
+        self.metrics.local().cache(self.name, CacheResult::Miss);
         let loaded = self
             .fresh
             .try_get_with_by_ref(key, async {
@@ -130,6 +138,7 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
             Err(err) => {
                 if err.is_transient() {
                     if let Some(stale) = self.stale(key).await {
+                        self.metrics.local().cache(self.name, CacheResult::Stale);
                         tracing::warn!(error = %err, "control plane unavailable; serving an expired entry");
                         return Ok(stale);
                     }
@@ -156,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_misses_load_once() {
-        let cache = Arc::new(ReadThrough::<u32>::new(100, None));
+        let cache = Arc::new(ReadThrough::<u32>::new(100, None, CacheName::Public, &Arc::default()));
         let calls = Arc::new(AtomicUsize::new(0));
         let (release, wait) = tokio::sync::watch::channel(false);
         let tasks: Vec<_> = (0..50)
@@ -184,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn errors_are_not_cached() {
-        let cache = ReadThrough::<u32>::new(100, None);
+        let cache = ReadThrough::<u32>::new(100, None, CacheName::Public, &Arc::default());
         let r = cache.get("k", || async { Err(LookupError::Unavailable("down".into())) }).await;
         assert!(r.is_err());
         let r = cache.get("k", || async { Ok((1, Duration::from_secs(60))) }).await;
@@ -193,7 +202,7 @@ mod tests {
 
     #[tokio::test]
     async fn loader_chooses_ttl() {
-        let cache = ReadThrough::<u32>::new(100, None);
+        let cache = ReadThrough::<u32>::new(100, None, CacheName::Public, &Arc::default());
         cache.get("k", || async { Ok((1, Duration::from_millis(30))) }).await.unwrap();
         assert_eq!(cache.get("k", || async { Ok((2, Duration::from_secs(60))) }).await.unwrap(), 1);
         tokio::time::sleep(Duration::from_millis(60)).await; // let the TTL pass
@@ -202,7 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn stale_entry_serves_only_transient_errors_within_window() {
-        let cache = ReadThrough::<u32>::new(100, Some(Duration::from_millis(200)));
+        let cache = ReadThrough::<u32>::new(100, Some(Duration::from_millis(200)), CacheName::Runner, &Arc::default());
         cache.get("k", || async { Ok((1, Duration::from_millis(20))) }).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await; // expire the fresh entry
         let r = cache.get("k", || async { Err(LookupError::Unavailable("down".into())) }).await;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use hyper::body::{Frame, SizeHint};
 
+use crate::metrics::Counts;
 use crate::upstream::Body;
 
 /// What the line says, gathered over the request.
@@ -82,16 +83,19 @@ pub struct Logged {
     body: Body,
     record: Option<Box<Record>>,
     bytes_out: u64,
+    /// Where the bytes sent are counted.
+    counts: Arc<Counts>,
 }
 
 impl Logged {
-    pub fn new(body: Body, record: Option<Box<Record>>) -> Logged {
-        Logged { body, record, bytes_out: 0 }
+    pub fn new(body: Body, record: Option<Box<Record>>, counts: Arc<Counts>) -> Logged {
+        Logged { body, record, bytes_out: 0, counts }
     }
 }
 
 impl Drop for Logged {
     fn drop(&mut self) {
+        self.counts.bytes(0, self.bytes_out);
         if let Some(record) = self.record.take() {
             record.emit(self.bytes_out);
         }

@@ -62,18 +62,25 @@ impl Proxy {
             // 3. Resolve the target: the runner or app that hosts the sandbox.
             let target = self.shared.control_plane.target(&sandbox_id).await?;
             if let Some(limit) = &self.shared.sandbox_limit {
-                ctx.permit = Some(limit.acquire(&sandbox_id).ok_or(ProxyError::TooManyConnections)?);
+                let Some(permit) = limit.acquire(&sandbox_id) else {
+                    self.shared.metrics.local().limited();
+                    return Err(ProxyError::TooManyConnections);
+                };
+                ctx.permit = Some(permit);
             }
             // 4. Upstream request filter: URI and headers as the upstream must see them.
             self.upstream_request_filter(&mut parts, &dest, &sandbox_id, &target, &ctx)?;
             // 5. Send, and wait for the response head.
             let direct = matches!(target, Target::Direct(_));
-            let body = ClientBody::new(body, self.shared.config.request_body_timeout, ctx.bytes_in.clone());
+            let (limit, counts) = (self.shared.config.request_body_timeout, self.shared.metrics.local().clone());
+            let body = ClientBody::new(body, limit, ctx.bytes_in.clone(), counts);
             let out = Request::from_parts(parts, Either::Left(body));
             let timeout = self.shared.config.upstream_timeout;
             let sent = std::time::Instant::now();
             let (resp, lease) = self.pool.send(out, timeout, dest.port(), direct).await?;
-            ctx.upstream = Some(sent.elapsed());
+            let upstream = sent.elapsed();
+            self.shared.metrics.local().upstream_headers(upstream);
+            ctx.upstream = Some(upstream);
             // 6. Response filter: waking, cookies, Location, the upgrade.
             self.response_filter(resp, lease, &dest, &sandbox_id, direct, &mut ctx).await
         };
@@ -282,14 +289,16 @@ impl Proxy {
                 None
             }
         };
-        let on_close = match (upgraded, ctx.logged) {
-            (true, true) => {
-                let record = self.record(ctx, StatusCode::SWITCHING_PROTOCOLS);
-                let opened = std::time::Instant::now();
-                Some(Box::new(move |up, down| record.emit_tunnel(opened, up, down)) as Box<dyn FnOnce(u64, u64) + Send>)
-            }
-            _ => None,
-        };
+        let on_close = upgraded.then(|| {
+            let record = ctx.logged.then(|| self.record(ctx, StatusCode::SWITCHING_PROTOCOLS));
+            let (opened, counts) = (std::time::Instant::now(), shared.metrics.local().clone());
+            Box::new(move |up, down| {
+                counts.bytes(up, down);
+                if let Some(record) = record {
+                    record.emit_tunnel(opened, up, down);
+                }
+            }) as Box<dyn FnOnce(u64, u64) + Send>
+        });
         let holds = Holds { activity, permit: ctx.permit.take(), on_close };
         let (parts, body) = resp.into_parts();
         let body = match body {
@@ -316,7 +325,7 @@ impl Proxy {
         } else {
             tracing::debug!(%method, status, code, ?port, "request refused");
         }
-        self.shared.metrics.error(code);
+        self.shared.metrics.local().error(code);
         let id = ctx.request_id.to_str().unwrap_or_default();
         self.shared.pages.render(&err, ctx.html, id).map(Either::Right)
     }
@@ -324,9 +333,10 @@ impl Proxy {
     /// Log: counts the answer; its access-log line is written once the
     /// answer has been sent.
     fn log(&self, ctx: &RequestCtx, resp: Response<Body>) -> Response<Logged> {
-        self.shared.metrics.response(resp.status());
+        let counts = self.shared.metrics.local();
+        counts.response(resp.status(), ctx.started.elapsed());
         let record = ctx.logged.then(|| Box::new(self.record(ctx, resp.status())));
-        resp.map(|body| Logged::new(body, record))
+        resp.map(|body| Logged::new(body, record, counts.clone()))
     }
 
     /// The access-log record of a request so far.

@@ -39,7 +39,7 @@ pub struct Shared {
     pub tunnels: Arc<Tunnels>,
     /// `Some` when `MAX_CONNECTIONS_PER_SANDBOX` is set.
     pub(super) sandbox_limit: Option<Arc<SandboxLimit>>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// `http` or `https`, for `X-Forwarded-Proto` and printed URLs.
     pub(super) proto: &'static str,
     /// `/health` answer, built once.
@@ -63,8 +63,9 @@ impl Proxy {
     /// embedded registry (watched for changes) otherwise. Must run inside a
     /// Tokio runtime.
     pub fn new(config: Config) -> Result<Proxy, ConfigError> {
+        let metrics = Arc::new(Metrics::default());
         let control_plane = Arc::new(match &config.api_url {
-            Some(_) => ControlPlane::Api(Box::new(DaytonaApi::new(&config)?)),
+            Some(_) => ControlPlane::Api(Box::new(DaytonaApi::new(&config, metrics.clone())?)),
             None => {
                 let registry =
                     Registry::open(&config.registry_file).map_err(|e| ConfigError::setting("REGISTRY_FILE", e))?;
@@ -92,7 +93,7 @@ impl Proxy {
         let shared = Shared {
             tunnels: Tunnels::new(config.tunnel_idle_timeout),
             sandbox_limit: SandboxLimit::new(config.max_connections_per_sandbox),
-            metrics: Metrics::default(),
+            metrics,
             proto: if config.https { "https" } else { "http" },
             warning: config.warning.as_ref().map(WarningPage::new),
             control_plane,
@@ -104,12 +105,12 @@ impl Proxy {
             access_log: config.access_log && tracing::enabled!(target: "access", tracing::Level::INFO),
             config,
         };
-        Ok(Proxy { pool: Pool::new(&shared.config), shared: Arc::new(shared) })
+        Ok(Proxy { pool: Pool::new(&shared.config, &shared.metrics), shared: Arc::new(shared) })
     }
 
     /// Another worker: the same shared state, its own upstream pool.
     pub fn worker(&self) -> Proxy {
-        Proxy { shared: self.shared.clone(), pool: Pool::new(&self.shared.config) }
+        Proxy { shared: self.shared.clone(), pool: Pool::new(&self.shared.config, &self.shared.metrics) }
     }
 
     pub fn config(&self) -> &Config {

@@ -92,6 +92,7 @@ where
         }
     }
     let h2 = protocol == Protocol::Http2;
+    let _open = server.proxy.shared.metrics.local().connection(h2);
     let counted = streams.clone();
     let service = service_fn(move |req| {
         let (server, peer) = (server.clone(), peer.clone());

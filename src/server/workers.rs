@@ -149,7 +149,7 @@ pub async fn serve_metrics(listener: TcpListener, server: Arc<Server>) {
                     *resp.status_mut() = status;
                     resp.headers_mut().insert(
                         http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
                     );
                     Ok::<_, Infallible>(resp)
                 }

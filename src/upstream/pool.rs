@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::host::Port;
 use crate::http::is_upgrade;
+use crate::metrics::Metrics;
 
 pub type RequestBody = Either<ClientBody, Empty<Bytes>>;
 type Sender = SendRequest<RequestBody>;
@@ -50,6 +51,7 @@ pub struct Pool {
     freed: Arc<Notify>,
     /// The task that closes idle connections nobody asks for runs.
     sweeping: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Clone, Hash, PartialEq, Eq)]
@@ -149,7 +151,8 @@ enum Failure {
 }
 
 impl Pool {
-    pub fn new(config: &Config) -> Pool {
+    /// A worker's pool; `metrics` counts its connections.
+    pub fn new(config: &Config, metrics: &Arc<Metrics>) -> Pool {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);
@@ -162,13 +165,21 @@ impl Pool {
             .wrap_connector(http);
         let workers = config.workers.max(1);
         let cap = config.upstream_max_connections.div_ceil(workers);
+        let idle: Arc<Mutex<Idle>> = Arc::default();
+        let counted = Arc::downgrade(&idle);
+        metrics.idle_source(Box::new(move || {
+            let Some(idle) = counted.upgrade() else { return 0 };
+            let idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.hosts.values().flatten().filter(|(sender, _)| !sender.is_closed()).count()
+        }));
         Pool {
             connector,
-            idle: Arc::default(),
+            idle,
             cap,
             wait: config.upstream_connect_timeout,
             freed: Arc::default(),
             sweeping: AtomicBool::new(false),
+            metrics: metrics.clone(),
         }
     }
 
@@ -287,11 +298,15 @@ impl Pool {
             .path_and_query("/")
             .build()
             .map_err(|e| Failure::Connect(e.into()))?;
+        let started = Instant::now();
         let io = self.connector.clone().call(uri).await.map_err(Failure::Connect)?;
         let (sender, conn) =
             http1::Builder::new().handshake(io).await.map_err(|e| Failure::Request { error: e, unsent: None })?;
+        let counts = self.metrics.local();
+        counts.upstream_connect(started.elapsed());
+        let open = counts.upstream_open();
         tokio::spawn(async move {
-            let _slot = slot;
+            let (_slot, _open) = (slot, open);
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }

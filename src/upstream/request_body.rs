@@ -13,6 +13,8 @@ use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::Counts;
+
 /// A wait for the next body bytes, armed only when a poll finds none (a
 /// small body that arrives with its head never allocates it).
 pub(super) struct IdleLimit {
@@ -53,11 +55,13 @@ pub struct ClientBody {
     idle: IdleLimit,
     /// Bytes passed on, when someone counts them (the access log).
     counted: Option<Arc<AtomicU64>>,
+    /// The metrics' byte count.
+    counts: Arc<Counts>,
 }
 
 impl ClientBody {
-    pub fn new(body: Incoming, limit: Duration, counted: Option<Arc<AtomicU64>>) -> ClientBody {
-        ClientBody { body, idle: IdleLimit::new(limit), counted }
+    pub fn new(body: Incoming, limit: Duration, counted: Option<Arc<AtomicU64>>, counts: Arc<Counts>) -> ClientBody {
+        ClientBody { body, idle: IdleLimit::new(limit), counted, counts }
     }
 }
 
@@ -73,9 +77,11 @@ impl hyper::body::Body for ClientBody {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Malformed(e)))),
             Poll::Ready(frame) => {
                 this.idle.moved = true;
-                if let (Some(counted), Some(Ok(f))) = (&this.counted, &frame) {
-                    if let Some(data) = f.data_ref() {
-                        counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+                    let n = data.len() as u64;
+                    this.counts.bytes(n, 0);
+                    if let Some(counted) = &this.counted {
+                        counted.fetch_add(n, Ordering::Relaxed);
                     }
                 }
                 Poll::Ready(frame.map(|f| f.map_err(ClientBodyError::Malformed)))
