@@ -35,6 +35,8 @@ pub struct Config {
     pub cookie_secret: String,
     /// Base URL of the Daytona API, without a trailing slash.
     pub api_url: Option<String>,
+    /// OIDC login for private previews (SPEC 9).
+    pub oidc: OidcSettings,
     pub registry_file: PathBuf,
     pub registry_reload_interval: Duration,
     pub allowed_base_domains: Vec<String>,
@@ -78,6 +80,17 @@ pub struct Config {
 }
 
 /// Where certificates come from.
+/// The OIDC provider the proxy logs browsers in with; login is on when
+/// `issuer` and `client_id` are set (or the API's `/config` gives them).
+#[derive(Debug, Clone, Default)]
+pub struct OidcSettings {
+    pub issuer: Option<String>,
+    pub client_id: String,
+    pub client_secret: String,
+    pub audience: String,
+    pub public_issuer: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TlsFiles {
     /// The default pair, served when no other name matches.
@@ -196,6 +209,9 @@ impl Config {
     fn check(&mut self, errors: &mut Vec<String>) {
         if self.api_url.is_some() && self.api_key.is_empty() {
             errors.push("PROXY_API_KEY: required when DAYTONA_API_URL is set".into());
+        }
+        if self.oidc.issuer.is_some() && self.oidc.client_id.is_empty() {
+            errors.push("OIDC_CLIENT_ID: required when OIDC_DOMAIN is set".into());
         }
         if self.domain.is_empty() {
             self.domain = format!("preview.localhost:{}", self.port);

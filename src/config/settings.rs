@@ -97,6 +97,27 @@ pub const SETTINGS: &[Setting] = &[
         cookie_secret = text
     ),
     field!(
+        "OIDC_DOMAIN",
+        "",
+        "OIDC issuer URL: private previews send browsers to this provider to sign in; empty = no login \
+         (with DAYTONA_API_URL, read from the API's GET /config)",
+        oidc.issuer = api_url
+    ),
+    field!("OIDC_CLIENT_ID", "", "the proxy's client id at the OIDC provider", oidc.client_id = header_safe),
+    field!(
+        "OIDC_CLIENT_SECRET",
+        "",
+        "the client's secret; empty = a public client (PKCE alone)",
+        oidc.client_secret = text
+    ),
+    field!("OIDC_AUDIENCE", "", "audience to ask access tokens for; empty = none", oidc.audience = header_safe),
+    field!(
+        "OIDC_PUBLIC_DOMAIN",
+        "",
+        "the issuer's URL as browsers reach it, when the proxy reaches it by another; empty = OIDC_DOMAIN",
+        oidc.public_issuer = api_url
+    ),
+    field!(
         "DAYTONA_API_URL",
         "",
         "Daytona API base URL (e.g. http://api:3000/api); empty = embedded registry",
@@ -280,7 +301,7 @@ pub const SETTINGS: &[Setting] = &[
     field!(
         "METRICS_PORT",
         "",
-        "port for GET /metrics (Prometheus text), on PROXY_LISTEN_ADDRESS; empty = off",
+        "port for GET /metrics (Prometheus/OpenMetrics text), on PROXY_LISTEN_ADDRESS; empty = off",
         metrics_port = |v: &str| match v {
             "" => Ok(None),
             v => port(v).map(Some),
