@@ -55,6 +55,15 @@ pub enum ProxyError {
     SandboxStopping,
     #[error("sandbox is {0}")]
     SandboxNotRunning(String),
+    /// `/callback` or `/login` without a login this browser started.
+    #[error("bad login: {0}")]
+    BadLogin(&'static str),
+    /// The provider answered the login with an error.
+    #[error("login failed: {0}")]
+    LoginFailed(String),
+    /// Signed in, but not allowed to open the sandbox.
+    #[error("{account} may not open this sandbox")]
+    Forbidden { account: String, switch_url: String },
 }
 
 impl From<LookupError> for ProxyError {
@@ -87,6 +96,9 @@ impl ProxyError {
             | ProxyError::RunnerUnreachable(_)
             | ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadLogin(_) => StatusCode::BAD_REQUEST,
+            ProxyError::LoginFailed(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -112,6 +124,9 @@ impl ProxyError {
             ProxyError::SandboxStarting => "SANDBOX_STARTING",
             ProxyError::SandboxStopping => "SANDBOX_STOPPING",
             ProxyError::SandboxNotRunning(_) => "SANDBOX_NOT_RUNNING",
+            ProxyError::BadLogin(_) => "BAD_LOGIN",
+            ProxyError::LoginFailed(_) => "LOGIN_FAILED",
+            ProxyError::Forbidden { .. } => "FORBIDDEN",
         }
     }
 
@@ -139,6 +154,9 @@ impl ProxyError {
             ProxyError::SandboxStarting => "The sandbox is starting".into(),
             ProxyError::SandboxStopping => "The sandbox is stopping".into(),
             ProxyError::SandboxNotRunning(_) => "The sandbox is not running".into(),
+            ProxyError::BadLogin(_) => "This sign-in cannot be completed".into(),
+            ProxyError::LoginFailed(_) => "Sign-in failed".into(),
+            ProxyError::Forbidden { .. } => "You may not open this preview".into(),
         }
     }
 
@@ -165,6 +183,9 @@ impl ProxyError {
             ProxyError::SandboxStarting => "The sandbox was stopped and is starting now. This page reloads by itself; other clients should retry after the Retry-After delay. Your app must be started again if it does not start with the sandbox.".into(),
             ProxyError::SandboxStopping => "The sandbox is stopping. The next request after it has stopped starts it again; this page reloads by itself.".into(),
             ProxyError::SandboxNotRunning(state) => format!("The sandbox is in state '{state}' and cannot be started from a preview link. Check it in the dashboard or with the SDK."),
+            ProxyError::BadLogin(why) => format!("{why}. Open the preview link again to sign in anew."),
+            ProxyError::LoginFailed(why) => format!("The identity provider said: {why}. Open the preview link again to retry."),
+            ProxyError::Forbidden { account, .. } => format!("You are signed in as {account}, and that account may not open this sandbox. Ask its owner for access, or sign in with another account."),
         }
     }
 }
@@ -257,7 +278,13 @@ impl ErrorPages {
             push_html(&mut page, &title);
             page.push_str("</h1>\n<p>");
             push_html(&mut page, &message);
-            page.push_str("</p>\n<p class=\"code\">");
+            page.push_str("</p>\n");
+            if let ProxyError::Forbidden { switch_url, .. } = err {
+                page.push_str("<p><a href=\"");
+                push_html(&mut page, switch_url);
+                page.push_str("\">Sign in with another account</a></p>\n");
+            }
+            page.push_str("<p class=\"code\">");
             page.push_str(err.code());
             if !request_id.is_empty() {
                 page.push_str(" · request ");
@@ -322,6 +349,9 @@ pub(crate) fn every_error() -> Vec<ProxyError> {
         ProxyError::SandboxStarting,
         ProxyError::SandboxStopping,
         ProxyError::SandboxNotRunning("error".into()),
+        ProxyError::BadLogin("no login in progress"),
+        ProxyError::LoginFailed(String::new()),
+        ProxyError::Forbidden { account: String::new(), switch_url: String::new() },
     ]
 }
 

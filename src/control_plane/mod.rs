@@ -5,6 +5,7 @@
 pub mod activity;
 pub mod api;
 pub mod cache;
+pub mod oidc;
 pub mod registry;
 pub mod shared_cache;
 pub mod signed_url;
@@ -104,10 +105,14 @@ pub enum ControlPlane {
 impl ControlPlane {
     /// Whether the sandbox is public. Unknown sandboxes are not public, so a
     /// caller without credentials cannot tell them from private ones.
-    pub async fn is_public(&self, sandbox_id: &str) -> Result<bool, LookupError> {
+    /// The registry may open or close single ports (`public_ports`,
+    /// `private_ports`); the API's flag is per sandbox.
+    pub async fn is_public(&self, sandbox_id: &str, port: Port) -> Result<bool, LookupError> {
         match self {
             ControlPlane::Api(api) => api.is_public(sandbox_id).await,
-            ControlPlane::Registry(reg) => Ok(reg.snapshot().sandbox(sandbox_id).is_some_and(|s| s.public)),
+            ControlPlane::Registry(reg) => {
+                Ok(reg.snapshot().sandbox(sandbox_id).is_some_and(|s| s.is_public(port.get())))
+            }
         }
     }
 
@@ -124,6 +129,22 @@ impl ControlPlane {
         match self {
             ControlPlane::Api(api) => api.has_access(sandbox_id, bearer, client_ip).await,
             ControlPlane::Registry(reg) => Ok(reg.snapshot().has_access(sandbox_id, bearer)),
+        }
+    }
+
+    /// Whether a person signed in by OIDC may open the sandbox: the API's
+    /// `/preview/{id}/access` with their access token, or the registry's
+    /// `viewers` (their verified email, or `"*"`).
+    pub async fn admits(
+        &self,
+        sandbox_id: &str,
+        access_token: &str,
+        email: Option<&str>,
+        client_ip: IpAddr,
+    ) -> Result<bool, LookupError> {
+        match self {
+            ControlPlane::Api(api) => api.has_access(sandbox_id, access_token, client_ip).await,
+            ControlPlane::Registry(reg) => Ok(reg.snapshot().sandbox(sandbox_id).is_some_and(|s| s.admits(email))),
         }
     }
 

@@ -64,6 +64,16 @@ struct SandboxEntry {
     id: String,
     #[serde(default)]
     public: bool,
+    /// Ports open to everyone on a private sandbox.
+    #[serde(default)]
+    public_ports: Vec<u16>,
+    /// Ports that need credentials on a public sandbox.
+    #[serde(default)]
+    private_ports: Vec<u16>,
+    /// Who may open the sandbox after an OIDC login: verified emails, or
+    /// `"*"` for anyone the provider signs in.
+    #[serde(default)]
+    viewers: Vec<String>,
     /// The sandbox's preview token (`X-Daytona-Preview-Token`).
     token: Option<String>,
     /// Name of a runner in `[runners]`.
@@ -76,8 +86,24 @@ struct SandboxEntry {
 #[derive(Debug)]
 pub struct Sandbox {
     pub public: bool,
+    /// The exceptions to `public`, port by port.
+    pub other_ports: Vec<u16>,
+    pub viewers: Vec<String>,
     pub token: Option<String>,
     pub target: Target,
+}
+
+impl Sandbox {
+    /// Whether `port` is open to everyone (reserved ports never are; the
+    /// caller checks those first).
+    pub fn is_public(&self, port: u16) -> bool {
+        self.public != self.other_ports.contains(&port)
+    }
+
+    /// Whether an OIDC login with this verified `email` may open the sandbox.
+    pub fn admits(&self, email: Option<&str>) -> bool {
+        self.viewers.iter().any(|v| v == "*" || email.is_some_and(|e| v.eq_ignore_ascii_case(e)))
+    }
 }
 
 /// A validated registry.
@@ -142,7 +168,18 @@ impl Snapshot {
                     continue;
                 }
             };
-            let sandbox = Sandbox { public: s.public, token: s.token, target };
+            let other_ports = match (s.public, s.public_ports, s.private_ports) {
+                (false, ports, none) | (true, none, ports) if none.is_empty() => ports,
+                (false, _, _) => {
+                    errors.push(format!("sandbox {id}: private_ports is for public sandboxes; use public_ports"));
+                    continue;
+                }
+                (true, _, _) => {
+                    errors.push(format!("sandbox {id}: public_ports is for private sandboxes; use private_ports"));
+                    continue;
+                }
+            };
+            let sandbox = Sandbox { public: s.public, other_ports, viewers: s.viewers, token: s.token, target };
             if sandboxes.insert(id.clone(), sandbox).is_some() {
                 errors.push(format!("sandbox {id}: listed twice"));
             }

@@ -17,6 +17,9 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// The signed-in person (SPEC 9), set by the proxy only.
+pub const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
+pub const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");

@@ -19,7 +19,7 @@ use exposition::Scrape;
 mod exposition;
 
 /// Proxy error codes, in the order of [`Counts::errors`].
-pub const ERROR_CODES: [&str; 19] = [
+pub const ERROR_CODES: [&str; 22] = [
     "NOT_FOUND",
     "SANDBOX_NOT_FOUND",
     "UNAUTHORIZED",
@@ -39,6 +39,9 @@ pub const ERROR_CODES: [&str; 19] = [
     "SANDBOX_STARTING",
     "SANDBOX_STOPPING",
     "SANDBOX_NOT_RUNNING",
+    "BAD_LOGIN",
+    "LOGIN_FAILED",
+    "FORBIDDEN",
 ];
 
 /// Histogram bucket bounds, in microseconds (0.5 ms to 30 s).

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use http::header::{AUTHORIZATION, COOKIE};
 use http::HeaderValue;
 
-use super::auth_cookie::{self, CookieSigner, Grant};
+use super::auth_cookie::{self, CookieSigner, Grant, User};
 use crate::control_plane::{ControlPlane, LookupError};
 use crate::error::{AuthMethod, Denied, Outcome, ProxyError};
 use crate::http::escape::percent_decode;
@@ -110,6 +110,8 @@ pub struct Granted {
     pub bearer_used: bool,
     /// A cookie to set so the browser's next requests skip the lookup.
     pub cookie: Option<Grant>,
+    /// Who signed in (a cookie minted by an OIDC login).
+    pub user: Option<User>,
 }
 
 /// Tries every method in order. Control-plane outages are not "invalid":
@@ -126,7 +128,8 @@ pub async fn authenticate(
     signed: bool,
 ) -> Result<Granted, ProxyError> {
     let client_ip = creds.client_ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let granted = |method, cookie| Granted { sandbox_id: key.to_string(), method, bearer_used: false, cookie };
+    let granted =
+        |method, cookie| Granted { sandbox_id: key.to_string(), method, bearer_used: false, cookie, user: None };
     let mut denied = Denied::default();
     let mut outage: Option<LookupError> = None;
     let mut note = |method, result: Result<bool, LookupError>, denied: &mut Denied| match result {
@@ -165,7 +168,10 @@ pub async fn authenticate(
             if note(AuthMethod::QueryKey, control_plane.validate_token(key, token).await, &mut denied) {
                 // Browsers sent the key in a URL (iframe, WebSocket): a cookie
                 // lets the page's other requests through without it.
-                return Ok(granted(AuthMethod::QueryKey, Some(Grant { sandbox_id: key.to_string(), port: None })));
+                return Ok(granted(
+                    AuthMethod::QueryKey,
+                    Some(Grant { sandbox_id: key.to_string(), port: None, user: None }),
+                ));
             }
         }
         None => denied.0.push((AuthMethod::QueryKey, Outcome::NotSent)),
@@ -182,6 +188,7 @@ pub async fn authenticate(
                 method: AuthMethod::Cookie,
                 bearer_used: false,
                 cookie: None,
+                user: grant.user,
             });
         }
         Some(_) => denied.0.push((AuthMethod::Cookie, Outcome::Rejected)),
@@ -192,12 +199,13 @@ pub async fn authenticate(
     if signed && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
         match control_plane.resolve_signed(key, port).await {
             Ok(Some(sandbox_id)) => {
-                let grant = Grant { sandbox_id: sandbox_id.to_string(), port: Some(port.get()) };
+                let grant = Grant { sandbox_id: sandbox_id.to_string(), port: Some(port.get()), user: None };
                 return Ok(Granted {
                     sandbox_id: sandbox_id.to_string(),
                     method: AuthMethod::SignedUrl,
                     bearer_used: false,
                     cookie: Some(grant),
+                    user: None,
                 });
             }
             other => {

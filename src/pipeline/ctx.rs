@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub port: Option<Port>,
     /// The credential that opened a private sandbox (`None`: public).
     pub auth: Option<AuthMethod>,
+    /// Who signed in (OIDC), for the app's identity headers.
+    pub user: Option<super::auth_cookie::User>,
     /// `X-Daytona-Skip-Last-Activity-Update: true` was sent.
     pub skip_activity: bool,
     /// The path and query to forward when taking credentials out changed it.
@@ -118,6 +120,7 @@ impl RequestCtx {
             host,
             port: None,
             auth: None,
+            user: None,
             skip_activity: false,
             path_and_query: None,
             set_cookie: None,

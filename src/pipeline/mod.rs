@@ -7,6 +7,7 @@ pub mod auth;
 pub mod auth_cookie;
 pub mod cors;
 mod ctx;
+mod login;
 mod own_routes;
 mod state;
 pub mod warning_page;
@@ -24,7 +25,10 @@ use crate::control_plane::{unix_now, Target};
 use crate::error::AuthMethod;
 use crate::error::ProxyError;
 use crate::http::host::{self, Port};
-use crate::http::{is_websocket_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE, X_REQUEST_ID};
+use crate::http::{
+    is_upgrade, is_websocket_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE, X_REQUEST_ID,
+};
+use crate::http::{X_FORWARDED_EMAIL, X_FORWARDED_USER};
 use crate::upstream::body::{is_streaming, UpstreamBody};
 use crate::upstream::limit::Holds;
 use crate::upstream::pool::Lease;
@@ -58,7 +62,17 @@ impl Proxy {
             };
             // 2. Authenticate (credentials leave the request either way).
             let (mut parts, body) = req.into_parts();
-            let sandbox_id = self.authenticate(&mut parts, &dest, &mut ctx).await?;
+            let sandbox_id = match self.authenticate(&mut parts, &dest, &mut ctx).await {
+                Err(ProxyError::Unauthorized(denied))
+                    if self.wants_login(&parts, &dest, is_upgrade(&parts.headers)) =>
+                {
+                    match self.login_redirect(&parts, &dest, &ctx).await? {
+                        Some(redirect) => return Ok(redirect),
+                        None => return Err(ProxyError::Unauthorized(denied)),
+                    }
+                }
+                result => result?,
+            };
             // 3. Resolve the target: the runner or app that hosts the sandbox.
             let target = self.shared.control_plane.target(&sandbox_id).await?;
             if let Some(limit) = &self.shared.sandbox_limit {
@@ -113,6 +127,12 @@ impl Proxy {
             return Ok(Filtered::Answer(resp.map(Either::Right)));
         }
         let Some(preview) = host::parse(host, &self.shared.config.allowed_base_domains) else {
+            if self.shared.oidc.is_some()
+                && req.method() == http::Method::GET
+                && login::ROUTES.contains(&req.uri().path())
+            {
+                return Ok(Filtered::Answer(self.login_route(req, ctx).await?));
+            }
             return self.own_route(req, ctx);
         };
         ctx.port = Some(preview.port());
@@ -154,7 +174,9 @@ impl Proxy {
             .remove(X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let needs_auth = match dest {
-            Dest::Preview(host) => host.port().is_reserved() || !self.shared.control_plane.is_public(key).await?,
+            Dest::Preview(host) => {
+                host.port().is_reserved() || !self.shared.control_plane.is_public(key, host.port()).await?
+            }
             Dest::Toolbox { .. } => true,
         };
         if !needs_auth {
@@ -169,6 +191,7 @@ impl Proxy {
             auth::authenticate(&self.shared.control_plane, &self.shared.signer, key, dest.port(), &creds, now, signed)
                 .await?;
         ctx.auth = Some(granted.method);
+        ctx.user = granted.user;
         ctx.key_verified = granted.method != AuthMethod::SignedUrl;
         if granted.bearer_used {
             parts.headers.remove(AUTHORIZATION);
@@ -211,6 +234,14 @@ impl Proxy {
         };
         let upgrade = ctx.client_upgrade.is_some().then(|| parts.headers.get(UPGRADE).cloned()).flatten();
         rewrite::prepare_request_headers(&mut parts.headers, &down, target, upgrade);
+        if let Some(user) = &ctx.user {
+            if let Ok(subject) = http::HeaderValue::from_str(&user.subject) {
+                parts.headers.insert(X_FORWARDED_USER, subject);
+            }
+            if let Some(email) = user.email.as_deref().and_then(|e| http::HeaderValue::from_str(e).ok()) {
+                parts.headers.insert(X_FORWARDED_EMAIL, email);
+            }
+        }
         parts.uri = uri;
         parts.version = rewrite::UPSTREAM_VERSION;
         Ok(())

@@ -10,6 +10,7 @@ use super::auth_cookie::CookieSigner;
 use super::warning_page::WarningPage;
 use crate::config::{Config, ConfigError};
 use crate::control_plane::activity::Activity;
+use crate::control_plane::oidc::Oidc;
 use crate::control_plane::{ControlPlane, DaytonaApi, Registry};
 use crate::error::ErrorPages;
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub struct Shared {
     /// `Some` when `MAX_CONNECTIONS_PER_SANDBOX` is set.
     pub(super) sandbox_limit: Option<Arc<SandboxLimit>>,
     pub metrics: Arc<Metrics>,
+    /// `Some` when private previews send browsers to an OIDC provider.
+    pub(super) oidc: Option<Oidc>,
     /// `http` or `https`, for `X-Forwarded-Proto` and printed URLs.
     pub(super) proto: &'static str,
     /// `/health` answer, built once.
@@ -89,11 +92,14 @@ impl Proxy {
             config.activity_keepalive,
             config.api_client_timeout,
         );
+        let oidc = Oidc::new(&config.oidc, config.api_url.as_deref(), config.api_client_timeout)
+            .map_err(|e| ConfigError::setting("OIDC_DOMAIN", e))?;
         let health = serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }).to_string();
         let shared = Shared {
             tunnels: Tunnels::new(config.tunnel_idle_timeout),
             sandbox_limit: SandboxLimit::new(config.max_connections_per_sandbox),
             metrics,
+            oidc,
             proto: if config.https { "https" } else { "http" },
             warning: config.warning.as_ref().map(WarningPage::new),
             control_plane,

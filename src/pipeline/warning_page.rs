@@ -24,13 +24,23 @@ const TEMPLATE: &str = include_str!("warning_page.html");
 
 /// Whether a request gets the warning page instead of the preview.
 pub fn should_warn(method: &Method, headers: &HeaderMap, port: Port, is_upgrade: bool) -> bool {
-    if method != Method::GET || is_upgrade || port.is_reserved() {
+    if port.is_reserved() || !is_browser_navigation(method, headers, is_upgrade) {
         return false;
     }
     let header = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     if header(X_DAYTONA_SKIP_PREVIEW_WARNING).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return false;
     }
+    super::auth_cookie::find(headers.get_all(COOKIE).iter(), ACCEPTED_COOKIE).is_none_or(|v| v != "true")
+}
+
+/// A person opening a page in a browser: a top-level GET for HTML from a
+/// browser's User-Agent. Never a fetch, an upgrade, or an API client.
+pub fn is_browser_navigation(method: &Method, headers: &HeaderMap, is_upgrade: bool) -> bool {
+    if method != Method::GET || is_upgrade {
+        return false;
+    }
+    let header = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     // Only top-level page loads: fetch(), XHR, scripts and images never.
     if header(SEC_FETCH_MODE).is_some_and(|m| !m.eq_ignore_ascii_case("navigate")) {
         return false;
@@ -39,10 +49,7 @@ pub fn should_warn(method: &Method, headers: &HeaderMap, port: Port, is_upgrade:
         return false;
     }
     let ua = header(USER_AGENT).unwrap_or_default().to_ascii_lowercase();
-    if !BROWSERS.iter().any(|b| ua.contains(b)) {
-        return false;
-    }
-    super::auth_cookie::find(headers.get_all(COOKIE).iter(), ACCEPTED_COOKIE).is_none_or(|v| v != "true")
+    BROWSERS.iter().any(|b| ua.contains(b))
 }
 
 /// The page, branded once at start-up.

@@ -14,8 +14,8 @@ use crate::error::ProxyError;
 use crate::http::host::Port;
 use crate::http::path::has_dot_segment;
 use crate::http::{
-    remove_hop_by_hop, FORWARDED, X_DAYTONA_AUTHORIZATION, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
-    X_REAL_IP,
+    remove_hop_by_hop, FORWARDED, X_DAYTONA_AUTHORIZATION, X_FORWARDED_EMAIL, X_FORWARDED_FOR, X_FORWARDED_HOST,
+    X_FORWARDED_PROTO, X_FORWARDED_USER, X_REAL_IP,
 };
 
 /// What a request asks for inside the sandbox.
@@ -122,6 +122,9 @@ pub fn prepare_request_headers(
         Target::Direct(_) => headers.remove(header::HOST),
     };
     join_cookies(headers);
+    // Only the proxy says who signed in.
+    headers.remove(X_FORWARDED_USER);
+    headers.remove(X_FORWARDED_EMAIL);
 
     match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => {
