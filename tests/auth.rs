@@ -423,3 +423,37 @@ async fn registry_answers_every_method() {
     assert_eq!(send(&proxy, "GET", &signed_host, "/", &[("cookie", &cookie)], empty()).await.status, 401);
     assert!(std::fs::read_to_string(&path).unwrap().contains(&token));
 }
+
+#[tokio::test]
+async fn single_ports_can_be_opened_or_closed_in_the_registry() {
+    let app = App::start().await;
+    let (other, port) = (App::start().await, app.addr.port());
+    let registry = format!(
+        "[[sandboxes]]\nid = \"shy\"\nupstream = \"127.0.0.1\"\npublic_ports = [{port}]\ntoken = \"t1\"\n\n\
+         [[sandboxes]]\nid = \"open\"\npublic = true\nupstream = \"127.0.0.1\"\nprivate_ports = [{port}]\ntoken = \"t2\"\n"
+    );
+    let (config, _dir, _) = registry_config(&registry);
+    let proxy = TestProxy::start(config).await;
+    let other_port = other.addr.port();
+    // A private sandbox with one public port; a public one with one private port.
+    assert_eq!(get(&proxy, &host(port, "shy"), "/").await.status, 200);
+    assert_eq!(get(&proxy, &host(other_port, "shy"), "/").await.status, 401);
+    assert_eq!(get(&proxy, &host(port, "open"), "/").await.status, 401);
+    assert_eq!(get(&proxy, &host(other_port, "open"), "/").await.status, 200);
+    let with_token = send(&proxy, "GET", &host(port, "open"), "/", &[("x-daytona-preview-token", "t2")], empty()).await;
+    assert_eq!(with_token.status, 200);
+    // Reserved ports stay authenticated whatever the lists say.
+    let (config, _dir2, _) =
+        registry_config("[[sandboxes]]\nid = \"shy\"\nupstream = \"127.0.0.1\"\npublic_ports = [22222]\n");
+    let proxy = TestProxy::start(config).await;
+    assert_eq!(get(&proxy, &host(22222, "shy"), "/").await.status, 401);
+}
+
+#[test]
+fn a_port_list_on_the_wrong_kind_of_sandbox_is_a_registry_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.toml");
+    std::fs::write(&path, "[[sandboxes]]\nid = \"a\"\nupstream = \"127.0.0.1\"\nprivate_ports = [3000]\n").unwrap();
+    let err = preview_proxy::control_plane::Registry::open(&path).err().expect("rejected");
+    assert!(err.to_string().contains("sandbox a: private_ports is for public sandboxes"), "{err}");
+}

@@ -64,14 +64,12 @@ struct SandboxEntry {
     id: String,
     #[serde(default)]
     public: bool,
-    /// Ports open to everyone on a private sandbox.
+    /// Ports open to everyone on a private sandbox (`private_ports`: the reverse).
     #[serde(default)]
     public_ports: Vec<u16>,
-    /// Ports that need credentials on a public sandbox.
     #[serde(default)]
     private_ports: Vec<u16>,
-    /// Who may open the sandbox after an OIDC login: verified emails, or
-    /// `"*"` for anyone the provider signs in.
+    /// OIDC logins that may open it: verified emails, or `"*"` for anyone.
     #[serde(default)]
     viewers: Vec<String>,
     /// The sandbox's preview token (`X-Daytona-Preview-Token`).
@@ -94,13 +92,12 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Whether `port` is open to everyone (reserved ports never are; the
-    /// caller checks those first).
+    /// Whether `port` is open to everyone (the caller checks reserved ports).
     pub fn is_public(&self, port: u16) -> bool {
         self.public != self.other_ports.contains(&port)
     }
 
-    /// Whether an OIDC login with this verified `email` may open the sandbox.
+    /// Whether an OIDC login with this verified `email` may open it.
     pub fn admits(&self, email: Option<&str>) -> bool {
         self.viewers.iter().any(|v| v == "*" || email.is_some_and(|e| v.eq_ignore_ascii_case(e)))
     }
@@ -168,17 +165,14 @@ impl Snapshot {
                     continue;
                 }
             };
-            let other_ports = match (s.public, s.public_ports, s.private_ports) {
-                (false, ports, none) | (true, none, ports) if none.is_empty() => ports,
-                (false, _, _) => {
-                    errors.push(format!("sandbox {id}: private_ports is for public sandboxes; use public_ports"));
-                    continue;
-                }
-                (true, _, _) => {
-                    errors.push(format!("sandbox {id}: public_ports is for private sandboxes; use private_ports"));
-                    continue;
-                }
+            let (other_ports, misplaced, name) = match s.public {
+                true => (s.private_ports, s.public_ports, "public_ports is for private sandboxes; use private_ports"),
+                false => (s.public_ports, s.private_ports, "private_ports is for public sandboxes; use public_ports"),
             };
+            if !misplaced.is_empty() {
+                errors.push(format!("sandbox {id}: {name}"));
+                continue;
+            }
             let sandbox = Sandbox { public: s.public, other_ports, viewers: s.viewers, token: s.token, target };
             if sandboxes.insert(id.clone(), sandbox).is_some() {
                 errors.push(format!("sandbox {id}: listed twice"));
