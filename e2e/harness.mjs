@@ -96,3 +96,42 @@ export async function waitFor(check, what = 'condition') {
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** A real OpenID Provider (npm oidc-provider, development login form) on
+ * `port`, with one confidential client registered for the proxy at `base`
+ * (`preview.localhost:<proxy port>`). Every account `x` has the verified
+ * email `x@example.com`. Returns the server and a count of authorizations. */
+export async function startProvider(port, base) {
+  const { default: Provider } = await import('oidc-provider');
+  const stats = { authorizations: 0 };
+  const provider = new Provider(`http://127.0.0.1:${port}`, {
+    clients: [{
+      client_id: 'preview-proxy',
+      client_secret: 'proxy-client-secret',
+      redirect_uris: [`http://${base}/callback`],
+      post_logout_redirect_uris: [`http://${base}/logout/done`],
+    }],
+    async findAccount(ctx, id) {
+      return { accountId: id, claims: async () => ({ sub: id, email: `${id}@example.com`, email_verified: true }) };
+    },
+    claims: { openid: ['sub'], email: ['email', 'email_verified'] },
+    conformIdTokenClaims: false,
+    features: { devInteractions: { enabled: true } },
+  });
+  provider.use(async (ctx, next) => { if (ctx.path === '/auth') stats.authorizations += 1; await next(); });
+  const server = provider.listen(port);
+  return { issuer: `http://127.0.0.1:${port}`, stats, close: () => server.close() };
+}
+
+/** Signs `login` in on the provider's development form (and consents). */
+export async function signIn(page, login, providerPort) {
+  await page.locator('input[name="login"]').waitFor();
+  await page.fill('input[name="login"]', login);
+  await page.fill('input[name="password"]', 'any');
+  await page.click('button[type="submit"]');
+  // The provider asks for consent once per account and client.
+  const consent = page.locator('button[type="submit"]', { hasText: 'Continue' });
+  const left = page.waitForURL((u) => u.host !== `127.0.0.1:${providerPort}`).then(() => 'left', () => 'left');
+  const asks = consent.waitFor().then(() => 'consent', () => 'left');
+  if (await Promise.race([left, asks]) === 'consent') await consent.click();
+}

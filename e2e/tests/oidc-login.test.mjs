@@ -4,8 +4,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import Provider from 'oidc-provider';
-import { startProxy, launchBrowser, curl, freePort, ARTIFACTS } from '../harness.mjs';
+import { startProxy, startProvider, signIn, launchBrowser, curl, freePort, ARTIFACTS } from '../harness.mjs';
 import { join } from 'node:path';
 
 // The app shows who the proxy says signed in.
@@ -28,41 +27,12 @@ const proxy = await startProxy(registry, {
 });
 const base = `preview.localhost:${proxy.port}`;
 
-let authorizations = 0;
-const provider = new Provider(issuer, {
-  clients: [{
-    client_id: 'preview-proxy',
-    client_secret: 'proxy-client-secret',
-    redirect_uris: [`http://${base}/callback`],
-    post_logout_redirect_uris: [`http://${base}/logout/done`],
-  }],
-  async findAccount(ctx, id) {
-    return { accountId: id, claims: async () => ({ sub: id, email: `${id}@example.com`, email_verified: true }) };
-  },
-  claims: { openid: ['sub'], email: ['email', 'email_verified'] },
-  conformIdTokenClaims: false,
-  features: { devInteractions: { enabled: true } },
-});
-provider.use(async (ctx, next) => { if (ctx.path === '/auth') authorizations += 1; await next(); });
-const providerServer = provider.listen(providerPort);
+const provider = await startProvider(providerPort, base);
 
 const browser = await launchBrowser();
-after(async () => { await browser.close(); proxy.stop(); app.close(); providerServer.close(); });
+after(async () => { await browser.close(); proxy.stop(); app.close(); provider.close(); });
 
 const preview = `http://${appPort}-app1.${base}`;
-
-/** Signs `login` in on the provider's development form (and consents). */
-async function signIn(page, login) {
-  await page.locator('input[name="login"]').waitFor();
-  await page.fill('input[name="login"]', login);
-  await page.fill('input[name="password"]', 'any');
-  await page.click('button[type="submit"]');
-  // The provider asks for consent once per account and client.
-  const consent = page.locator('button[type="submit"]', { hasText: 'Continue' });
-  const left = page.waitForURL((u) => u.host !== `127.0.0.1:${providerPort}`).then(() => 'left', () => 'left');
-  const asks = consent.waitFor().then(() => 'consent', () => 'left');
-  if (await Promise.race([left, asks]) === 'consent') await consent.click();
-}
 
 test('a private preview signs a person in and returns to the exact page', async () => {
   const context = await browser.newContext();
@@ -70,7 +40,7 @@ test('a private preview signs a person in and returns to the exact page', async 
   const asked = `${preview}/deep/page?tab=2&x=%2F`;
   await page.goto(asked);
   assert.equal(new URL(page.url()).host, `127.0.0.1:${providerPort}`, 'the browser is at the provider');
-  await signIn(page, 'alice');
+  await signIn(page, 'alice', providerPort);
   await page.waitForURL(asked);
   assert.equal(await page.textContent('#path'), '/deep/page?tab=2&x=%2F');
   assert.equal(await page.textContent('#email'), 'alice@example.com', 'the app knows who signed in');
@@ -78,11 +48,11 @@ test('a private preview signs a person in and returns to the exact page', async 
   await page.screenshot({ path: join(ARTIFACTS, 'oidc-login.png') });
 
   // A reload goes straight in: no new visit to the provider.
-  const before = authorizations;
+  const before = provider.stats.authorizations;
   await page.reload();
   assert.equal(page.url(), asked);
   assert.equal(await page.textContent('#email'), 'alice@example.com');
-  assert.equal(authorizations, before);
+  assert.equal(provider.stats.authorizations, before);
 
   // A client's own X-Forwarded-Email never reaches the app.
   const cookie = (await context.cookies()).find((c) => c.name === 'daytona-sandbox-auth-app1');
@@ -114,7 +84,7 @@ test('an account that is not a viewer gets a 403 naming it, with a way to switch
   const responses = [];
   page.on('response', (r) => responses.push([r.url(), r.status()]));
   await page.goto(`${preview}/`);
-  await signIn(page, 'bob');
+  await signIn(page, 'bob', providerPort);
   await page.locator('h1', { hasText: 'You may not open this preview' }).waitFor();
   assert.match(await page.textContent('body'), /bob@example\.com/);
   assert.ok(responses.some(([u, s]) => u.startsWith(`http://${base}/callback`) && s === 403), JSON.stringify(responses));
