@@ -143,9 +143,11 @@ impl Oidc {
         }))
     }
 
-    /// Whether login is on (the API's configuration may turn it off).
-    pub async fn enabled(&self) -> bool {
-        matches!(self.provider().await, Ok(Some(_)))
+    /// Whether login is on (the API's configuration may turn it off). A
+    /// provider that cannot be discovered is an error, not "off": the
+    /// person gets a 503 page, not a 401 that hides the outage.
+    pub async fn enabled(&self) -> Result<bool, LookupError> {
+        Ok(self.provider().await?.is_some())
     }
 
     async fn provider(&self) -> Result<Option<&Provider>, LookupError> {

@@ -45,7 +45,7 @@ impl Proxy {
         ctx: &RequestCtx,
     ) -> Result<Option<Response<Body>>, ProxyError> {
         let Some(oidc) = &self.shared.oidc else { return Ok(None) };
-        if !oidc.enabled().await {
+        if !oidc.enabled().await? {
             return Ok(None);
         }
         let host = ctx.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default();
