@@ -50,11 +50,15 @@ pub enum ProxyError {
     #[error("upstream failed on port {port}: {detail}")]
     UpstreamFailed { port: Port, detail: String },
     #[error("sandbox is starting")]
-    SandboxStarting,
+    /// Starting (the state the API reports, or "starting" after a start).
+    SandboxStarting(String),
     #[error("sandbox is stopping")]
     SandboxStopping,
     #[error("sandbox is {0}")]
     SandboxNotRunning(String),
+    /// Stopped, and this client (a link-preview bot) does not start it.
+    #[error("sandbox is {0}; bots do not start it")]
+    SandboxAsleep(String),
     /// `/callback` or `/login` without a login this browser started.
     #[error("bad login: {0}")]
     BadLogin(&'static str),
@@ -87,9 +91,10 @@ impl ProxyError {
             ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
             ProxyError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::ControlPlaneUnavailable(_) | ProxyError::SandboxStarting | ProxyError::SandboxStopping => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::ControlPlaneUnavailable(_)
+            | ProxyError::SandboxStarting(_)
+            | ProxyError::SandboxStopping
+            | ProxyError::SandboxAsleep(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::SandboxNotRunning(_) => StatusCode::CONFLICT,
             ProxyError::ControlPlaneInvalid(_)
             | ProxyError::PortNotListening(_)
@@ -121,7 +126,8 @@ impl ProxyError {
             ProxyError::RunnerUnreachable(_) => "RUNNER_UNREACHABLE",
             ProxyError::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
             ProxyError::UpstreamFailed { .. } => "UPSTREAM_ERROR",
-            ProxyError::SandboxStarting => "SANDBOX_STARTING",
+            ProxyError::SandboxStarting(_) => "SANDBOX_STARTING",
+            ProxyError::SandboxAsleep(_) => "SANDBOX_STOPPED",
             ProxyError::SandboxStopping => "SANDBOX_STOPPING",
             ProxyError::SandboxNotRunning(_) => "SANDBOX_NOT_RUNNING",
             ProxyError::BadLogin(_) => "BAD_LOGIN",
@@ -151,7 +157,8 @@ impl ProxyError {
                 format!("The app on port {port} did not answer in time")
             }
             ProxyError::UpstreamFailed { port, .. } => format!("The app on port {port} failed"),
-            ProxyError::SandboxStarting => "The sandbox is starting".into(),
+            ProxyError::SandboxStarting(_) => "The sandbox is starting".into(),
+            ProxyError::SandboxAsleep(_) => "The sandbox is stopped".into(),
             ProxyError::SandboxStopping => "The sandbox is stopping".into(),
             ProxyError::SandboxNotRunning(_) => "The sandbox is not running".into(),
             ProxyError::BadLogin(_) => "This sign-in cannot be completed".into(),
@@ -180,7 +187,8 @@ impl ProxyError {
             ProxyError::RunnerUnreachable(_) => "The machine hosting this sandbox cannot be reached right now. Try again shortly.".into(),
             ProxyError::UpstreamTimeout(port) => format!("The app on port {port} accepted the request but did not answer in time."),
             ProxyError::UpstreamFailed { port, .. } => format!("The app on port {port} closed the connection without a complete answer. Check the app's logs."),
-            ProxyError::SandboxStarting => "The sandbox was stopped and is starting now. This page reloads by itself; other clients should retry after the Retry-After delay. Your app must be started again if it does not start with the sandbox.".into(),
+            ProxyError::SandboxStarting(state) => format!("The sandbox was asleep and is coming up now (state: {state}). This page reloads by itself every few seconds and shows the app as soon as it answers; other clients are held until then, or retry after the Retry-After delay. If your app does not start with the sandbox, start it again."),
+            ProxyError::SandboxAsleep(state) => format!("The sandbox is {state}. Link previews and crawlers do not start sandboxes: open the link in a browser, or with curl or an SDK, to start it."),
             ProxyError::SandboxStopping => "The sandbox is stopping. The next request after it has stopped starts it again; this page reloads by itself.".into(),
             ProxyError::SandboxNotRunning(state) => format!("The sandbox is in state '{state}' and cannot be started from a preview link. Check it in the dashboard or with the SDK."),
             ProxyError::BadLogin(why) => format!("{why}. Open the preview link again to sign in anew."),
@@ -291,7 +299,7 @@ impl ErrorPages {
                 push_html(&mut page, request_id);
             }
             page.push_str("</p>");
-            if matches!(err, ProxyError::SandboxStarting | ProxyError::SandboxStopping) {
+            if matches!(err, ProxyError::SandboxStarting(_) | ProxyError::SandboxStopping) {
                 page.push_str("\n<meta http-equiv=\"refresh\" content=\"");
                 page.push_str(RETRY_AFTER_SECS);
                 page.push_str("\">");
@@ -346,7 +354,8 @@ pub(crate) fn every_error() -> Vec<ProxyError> {
         ProxyError::RunnerUnreachable(String::new()),
         ProxyError::UpstreamTimeout(port),
         ProxyError::UpstreamFailed { port, detail: String::new() },
-        ProxyError::SandboxStarting,
+        ProxyError::SandboxStarting("starting".into()),
+        ProxyError::SandboxAsleep("stopped".into()),
         ProxyError::SandboxStopping,
         ProxyError::SandboxNotRunning("error".into()),
         ProxyError::BadLogin("no login in progress"),

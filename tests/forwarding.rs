@@ -125,6 +125,19 @@ async fn headers_are_rewritten_for_the_upstream() {
 }
 
 #[tokio::test]
+async fn upstream_host_header_preview_sends_the_preview_host() {
+    let app = App::start().await;
+    let port = app.addr.port();
+    let text = "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n";
+    let (mut config, _dir, _) = registry_config(text);
+    config.upstream_host_header = preview_proxy::config::UpstreamHost::Preview;
+    let proxy = TestProxy::start(config).await;
+    let host = format!("{port}-demo.preview.localhost:4000");
+    assert_eq!(get(&proxy, &host, "/").await.status, 200);
+    assert_eq!(app.last().headers["host"], host.as_str());
+}
+
+#[tokio::test]
 async fn direct_mode_reaches_the_local_port() {
     let app = App::start().await;
     let (proxy, _dir) = proxy_with_runner(&app).await;

@@ -37,6 +37,10 @@ pub struct Config {
     pub api_url: Option<String>,
     /// OIDC login for private previews (SPEC 9).
     pub oidc: OidcSettings,
+    /// How long non-browser clients wait for a stopped sandbox to start.
+    pub wake_hold: Duration,
+    /// The `Host` header apps see.
+    pub upstream_host_header: UpstreamHost,
     pub registry_file: PathBuf,
     pub registry_reload_interval: Duration,
     pub allowed_base_domains: Vec<String>,
@@ -80,6 +84,18 @@ pub struct Config {
 }
 
 /// Where certificates come from.
+/// The `Host` header sent to the app.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpstreamHost {
+    /// `127.0.0.1:<port>` for a direct upstream, the runner's host for a
+    /// runner: what Daytona's own proxy sends.
+    #[default]
+    Upstream,
+    /// The preview host the client asked for (nginx's `proxy_set_header
+    /// Host $host`).
+    Preview,
+}
+
 /// The OIDC provider the proxy logs browsers in with; login is on when
 /// `issuer` and `client_id` are set (or the API's `/config` gives them).
 #[derive(Debug, Clone, Default)]

@@ -136,6 +136,14 @@ pub(super) fn is_absolute_url(v: &str) -> bool {
     v.parse::<http::Uri>().is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
 }
 
+pub(super) fn upstream_host_header(v: &str) -> Result<super::UpstreamHost, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "upstream" => Ok(super::UpstreamHost::Upstream),
+        "preview" => Ok(super::UpstreamHost::Preview),
+        _ => Err("expected upstream or preview".into()),
+    }
+}
+
 pub(super) fn api_url(v: &str) -> Result<Option<String>, String> {
     if v.is_empty() {
         return Ok(None);

@@ -299,6 +299,18 @@ pub const SETTINGS: &[Setting] = &[
         tunnel_idle_timeout = seconds
     ),
     field!(
+        "WAKE_HOLD_SEC",
+        "30",
+        "how long a client other than a browser is held while its stopped sandbox starts, then forwarded; 0 = answer 503 at once",
+        wake_hold = seconds
+    ),
+    field!(
+        "UPSTREAM_HOST_HEADER",
+        "upstream",
+        "Host header the app sees: upstream (127.0.0.1:<port>, as Daytona's daemon sends) or preview (the preview host)",
+        upstream_host_header = upstream_host_header
+    ),
+    field!(
         "METRICS_PORT",
         "",
         "port for GET /metrics (Prometheus/OpenMetrics text), on PROXY_LISTEN_ADDRESS; empty = off",

@@ -19,7 +19,7 @@ use exposition::Scrape;
 mod exposition;
 
 /// Proxy error codes, in the order of [`Counts::errors`].
-pub const ERROR_CODES: [&str; 22] = [
+pub const ERROR_CODES: [&str; 23] = [
     "NOT_FOUND",
     "SANDBOX_NOT_FOUND",
     "UNAUTHORIZED",
@@ -39,6 +39,7 @@ pub const ERROR_CODES: [&str; 22] = [
     "SANDBOX_STARTING",
     "SANDBOX_STOPPING",
     "SANDBOX_NOT_RUNNING",
+    "SANDBOX_STOPPED",
     "BAD_LOGIN",
     "LOGIN_FAILED",
     "FORBIDDEN",

@@ -31,7 +31,7 @@ use crate::http::{
 use crate::http::{X_FORWARDED_EMAIL, X_FORWARDED_USER};
 use crate::upstream::body::{is_streaming, UpstreamBody};
 use crate::upstream::limit::Holds;
-use crate::upstream::pool::Lease;
+use crate::upstream::pool::{Lease, Replay};
 use crate::upstream::request_body::ClientBody;
 use crate::upstream::rewrite::{self, Downstream};
 use crate::upstream::{wake, Body};
@@ -91,12 +91,24 @@ impl Proxy {
             let out = Request::from_parts(parts, Either::Left(body));
             let timeout = self.shared.config.upstream_timeout;
             let sent = std::time::Instant::now();
-            let (resp, lease) = self.pool.send(out, timeout, dest.port(), direct).await?;
+            let (resp, lease, replay) = self.pool.send(out, timeout, dest.port(), direct).await?;
             let upstream = sent.elapsed();
             self.shared.metrics.local().upstream_headers(upstream);
             ctx.upstream = Some(upstream);
             // 6. Response filter: waking, cookies, Location, the upgrade.
-            self.response_filter(resp, lease, &dest, &sandbox_id, direct, &mut ctx).await
+            let answer =
+                self.response_filter((resp, lease), &dest, &sandbox_id, direct, replay.as_ref(), &mut ctx).await;
+            // A sandbox coming up: clients other than browsers are held
+            // until it is up, then the request goes again (SPEC 5).
+            match (answer, replay) {
+                (Err(ProxyError::SandboxStarting(_)), Some(replay)) if self.may_hold(&replay) => {
+                    let hold = self.shared.config.wake_hold;
+                    wake::hold(&self.shared.control_plane, &sandbox_id, hold).await?;
+                    let sent = self.pool.resend(replay, timeout, dest.port(), direct).await?;
+                    self.response_filter(sent, &dest, &sandbox_id, direct, None, &mut ctx).await
+                }
+                (answer, _) => answer,
+            }
         };
         // Wrapping the phases in a disabled span still moves the whole
         // future once more: skip it when nothing would record the span.
@@ -231,6 +243,7 @@ impl Proxy {
             trusted: ctx.trusted,
             host: ctx.host.clone().unwrap_or(http::HeaderValue::from_static("")),
             proto: self.shared.proto,
+            host_header: self.shared.config.upstream_host_header,
         };
         let upgrade = ctx.client_upgrade.is_some().then(|| parts.headers.get(UPGRADE).cloned()).flatten();
         rewrite::prepare_request_headers(&mut parts.headers, &down, target, upgrade);
@@ -252,11 +265,11 @@ impl Proxy {
     /// activity, and joins the two sides of an upgrade.
     async fn response_filter(
         &self,
-        resp: Response<Incoming>,
-        lease: Lease,
+        (resp, lease): (Response<Incoming>, Lease),
         dest: &Dest,
         sandbox_id: &str,
         direct: bool,
+        replay: Option<&Replay>,
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, ProxyError> {
         let port = dest.port();
@@ -268,7 +281,11 @@ impl Proxy {
         let mut resp = match direct {
             true => resp.map(Either::Left),
             false => {
-                let may_start = !ctx.skip_activity;
+                let may_start = match (ctx.skip_activity, replay) {
+                    (true, _) => wake::Start::SkipsActivity,
+                    (false, Some(replay)) if wake::is_bot(replay.headers()) => wake::Start::NotABot,
+                    (false, _) => wake::Start::Yes,
+                };
                 match wake::inspect(resp.status(), resp.headers()) {
                     wake::Verdict::Pass => resp.map(Either::Left),
                     wake::Verdict::NotRunning => {
@@ -343,6 +360,16 @@ impl Proxy {
         }
         let idle = shared.config.response_idle_timeout;
         Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, lease, holds, idle))))
+    }
+
+    /// Whether a request may wait for its sandbox to come up: it has no
+    /// body (it has a replay copy), holding is on, and it is neither a
+    /// browser navigation (that gets the page that reloads itself) nor a bot.
+    fn may_hold(&self, replay: &Replay) -> bool {
+        let headers = replay.headers();
+        !self.shared.config.wake_hold.is_zero()
+            && !warning_page::is_browser_navigation(&http::Method::GET, headers, false)
+            && !wake::is_bot(headers)
     }
 
     /// The proxy's own answer for `err`, counted.

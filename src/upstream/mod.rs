@@ -3,6 +3,7 @@
 //! sandbox that a runner says is not running.
 
 pub mod body;
+mod failure;
 pub mod limit;
 pub mod pool;
 pub mod request_body;
@@ -11,7 +12,10 @@ pub mod tunnel;
 pub mod wake;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Empty, Full};
 
 /// Response body: the upstream's streamed body, or one the proxy made.
 pub type Body = Either<body::UpstreamBody, Full<Bytes>>;
+
+/// Request body upstream: the client's, or none (a replayed head).
+pub type RequestBody = Either<request_body::ClientBody, Empty<Bytes>>;

@@ -7,12 +7,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response};
@@ -24,16 +22,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::Notify;
 use tower_service::Service;
 
-use super::request_body::{ClientBody, ClientBodyError};
+use super::failure::{classify, is_stale, Failure};
+pub use super::RequestBody;
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::host::Port;
 use crate::http::is_upgrade;
 use crate::metrics::Metrics;
 
-pub type RequestBody = Either<ClientBody, Empty<Bytes>>;
 type Sender = SendRequest<RequestBody>;
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle connections are closed after this, before the usual 60-70 s server
 /// idle timeouts close them under a request.
@@ -104,6 +101,18 @@ impl Drop for Slot {
     }
 }
 
+/// A request's head (it had no body), kept to send it again.
+pub struct Replay {
+    key: Key,
+    req: Request<RequestBody>,
+}
+
+impl Replay {
+    pub fn headers(&self) -> &http::HeaderMap {
+        self.req.headers()
+    }
+}
+
 /// A connection lent for one request; back to the pool by [`Lease::release`].
 pub struct Lease {
     sender: Sender,
@@ -135,19 +144,6 @@ impl Lease {
             freed.notify_one();
         }
     }
-}
-
-/// Why a request got no response.
-enum Failure {
-    Connect(BoxError),
-    /// No connection under the cap became free in time.
-    Busy,
-    /// The connection failed; `unsent` is the request when it provably never
-    /// left.
-    Request {
-        error: hyper::Error,
-        unsent: Option<Box<Request<RequestBody>>>,
-    },
 }
 
 impl Pool {
@@ -196,7 +192,7 @@ impl Pool {
         timeout: Duration,
         port: Port,
         direct: bool,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    ) -> Result<(Response<Incoming>, Lease, Option<Replay>), ProxyError> {
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             // Started here, on the worker's own runtime, at the first request.
             tokio::spawn(sweep(Arc::downgrade(&self.idle)));
@@ -212,10 +208,37 @@ impl Pool {
             }
         }
         *req.uri_mut() = origin_form(req.uri());
+        self.send_to(key, req, timeout, port, direct).await
+    }
+
+    /// Sends a request again from its [`Replay`] copy (a sandbox that was
+    /// woken up meanwhile).
+    pub async fn resend(
+        &self,
+        replay: Replay,
+        timeout: Duration,
+        port: Port,
+        direct: bool,
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+        let (resp, lease, _) = self.send_to(replay.key, replay.req, timeout, port, direct).await?;
+        Ok((resp, lease))
+    }
+
+    /// [`Pool::send`] once the request is in origin form for `key`. A
+    /// request that can be replayed comes back as a [`Replay`] (the copy
+    /// made for a stale connection's retry, so it costs nothing more).
+    async fn send_to(
+        &self,
+        key: Key,
+        req: Request<RequestBody>,
+        timeout: Duration,
+        port: Port,
+        direct: bool,
+    ) -> Result<(Response<Incoming>, Lease, Option<Replay>), ProxyError> {
         let attempt = async {
             let mut replay = replayable(&req).then(|| copy_head(&req));
             let (again, error) = match self.send_once(&key, req, true).await {
-                Ok(ok) => return Ok(ok),
+                Ok((resp, lease)) => return Ok((resp, lease, replay)),
                 Err(Failure::Request { unsent: Some(req), error, .. }) => (*req, error),
                 Err(Failure::Request { error, unsent: None }) if is_stale(&error) => match replay.take() {
                     Some(copy) => (copy, error),
@@ -224,10 +247,11 @@ impl Pool {
                 Err(failure) => return Err(failure),
             };
             tracing::debug!(%error, "stale upstream connection; retrying once");
-            self.send_once(&key, again, false).await
+            let (resp, lease) = self.send_once(&key, again, false).await?;
+            Ok((resp, lease, None))
         };
         match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(ok)) => Ok(ok),
+            Ok(Ok((resp, lease, replay))) => Ok((resp, lease, replay.map(|req| Replay { key, req }))),
             Ok(Err(failure)) => Err(classify(failure, port, direct)),
             Err(_) => Err(ProxyError::UpstreamTimeout(port)),
         }
@@ -361,77 +385,4 @@ fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     copy
-}
-
-/// The connection broke before any response: the upstream closed it as the
-/// request went out (stale in the pool, or closed at accept).
-fn is_stale(err: &hyper::Error) -> bool {
-    if err.is_incomplete_message() || err.is_canceled() {
-        return true;
-    }
-    matches!(
-        io_kind(err),
-        Some(
-            io::ErrorKind::ConnectionReset
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::UnexpectedEof
-        )
-    )
-}
-
-fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            return Some(io.kind());
-        }
-        source = e.source();
-    }
-    None
-}
-
-/// Maps a failure to what the user is told.
-fn classify(failure: Failure, port: Port, direct: bool) -> ProxyError {
-    match failure {
-        Failure::Busy => ProxyError::UpstreamBusy,
-        Failure::Connect(err) => match (io_kind(&*err), direct) {
-            (Some(io::ErrorKind::TimedOut), _) => ProxyError::UpstreamTimeout(port),
-            (Some(io::ErrorKind::ConnectionRefused), true) => ProxyError::PortNotListening(port),
-            (_, true) => ProxyError::UpstreamFailed { port, detail: chain(&*err) },
-            (_, false) => ProxyError::RunnerUnreachable(chain(&*err)),
-        },
-        Failure::Request { error, .. } => match client_body_error(&error) {
-            Some(ClientBodyError::Stalled(_)) => ProxyError::RequestBodyTimeout,
-            Some(ClientBodyError::Malformed(_)) => ProxyError::BadRequestBody,
-            None => ProxyError::UpstreamFailed { port, detail: chain(&error) },
-        },
-    }
-}
-
-/// The client's body failure behind a failed request, if that was it.
-fn client_body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if let Some(found) = e.downcast_ref::<ClientBodyError>() {
-            return Some(found);
-        }
-        source = e.source();
-    }
-    None
-}
-
-/// An error and its causes, as one line.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
 }

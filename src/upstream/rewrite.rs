@@ -9,6 +9,7 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
+use crate::config::UpstreamHost;
 use crate::control_plane::Target;
 use crate::error::ProxyError;
 use crate::http::host::Port;
@@ -105,6 +106,8 @@ pub struct Downstream {
     pub host: HeaderValue,
     /// `http` or `https`: the scheme users see.
     pub proto: &'static str,
+    /// The `Host` the app sees (`UPSTREAM_HOST_HEADER`).
+    pub host_header: UpstreamHost,
 }
 
 /// Rewrites request headers for the upstream. Headers the proxy injects
@@ -116,10 +119,11 @@ pub fn prepare_request_headers(
     upgrade: Option<HeaderValue>,
 ) {
     remove_hop_by_hop(headers);
-    match target {
-        Target::Runner(runner) => headers.insert(header::HOST, runner.host.clone()),
+    match (down.host_header, target) {
+        (UpstreamHost::Preview, _) => headers.insert(header::HOST, down.host.clone()),
+        (UpstreamHost::Upstream, Target::Runner(runner)) => headers.insert(header::HOST, runner.host.clone()),
         // The pool sets it from the URI.
-        Target::Direct(_) => headers.remove(header::HOST),
+        (UpstreamHost::Upstream, Target::Direct(_)) => headers.remove(header::HOST),
     };
     join_cookies(headers);
     // Only the proxy says who signed in.
@@ -292,6 +296,7 @@ mod tests {
             trusted: true,
             host: HeaderValue::from_static("3000-a.proxy.io"),
             proto: "https",
+            host_header: UpstreamHost::Upstream,
         };
         prepare_request_headers(&mut h, &down, &runner(), None);
         assert_eq!(h[header::HOST], "runner:3003");
@@ -327,6 +332,7 @@ mod tests {
             trusted: true,
             host: HeaderValue::from_static("h"),
             proto: "http",
+            host_header: UpstreamHost::Upstream,
         };
         prepare_request_headers(&mut h, &down, &runner(), Some(HeaderValue::from_static("websocket")));
         assert_eq!(h[header::CONNECTION], "upgrade");

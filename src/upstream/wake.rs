@@ -2,15 +2,57 @@
 //! running with an `X-Daytona-Sandbox-State` header, or with its "no IP
 //! address found. Is the Sandbox started?" (400) and "sandbox container not
 //! found" (404) errors. Then the API's state for the sandbox decides: a
-//! stopped or archived sandbox is started (once, however many requests ask)
-//! and the client is told to retry; a sandbox on its way up or down gets the
-//! same; a sandbox that cannot come back gets 409.
+//! stopped or archived sandbox is started (once, however many requests ask);
+//! a sandbox on its way up or down is waited for; one that cannot come back
+//! gets 409. The pipeline holds clients other than browsers while it comes
+//! up ([`hold`]); link-preview bots and crawlers never start a sandbox.
 
+use std::time::Duration;
+
+use http::header::USER_AGENT;
 use http::{HeaderMap, StatusCode};
 
 use crate::control_plane::ControlPlane;
 use crate::error::ProxyError;
 use crate::http::X_DAYTONA_SANDBOX_STATE;
+
+/// User-Agent tokens (lower case) of link-preview bots and crawlers: pasting
+/// a preview link into a chat or a PR must not wake a sandbox.
+pub const BOTS: [&str; 22] = [
+    "slackbot",
+    "slack-imgproxy",
+    "twitterbot",
+    "facebookexternalhit",
+    "facebookcatalog",
+    "discordbot",
+    "linkedinbot",
+    "whatsapp",
+    "telegrambot",
+    "googlebot",
+    "google-inspectiontool",
+    "bingbot",
+    "applebot",
+    "duckduckbot",
+    "yandexbot",
+    "baiduspider",
+    "skypeuripreview",
+    "microsoftpreview",
+    "redditbot",
+    "embedly",
+    "pinterestbot",
+    "mattermost-bot",
+];
+
+/// How often a held request looks at the sandbox's state (the state is
+/// cached for two seconds, so held requests share one API call).
+const POLL: Duration = Duration::from_millis(500);
+
+/// Whether the request comes from a link-preview bot or a crawler.
+pub fn is_bot(headers: &HeaderMap) -> bool {
+    let Some(ua) = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()) else { return false };
+    let ua = ua.to_ascii_lowercase();
+    BOTS.iter().any(|bot| ua.contains(bot))
+}
 
 /// Largest runner error body read to look for its "not running" messages.
 pub const MAX_ERROR_BODY: u64 = 4096;
@@ -53,18 +95,56 @@ pub fn says_not_running(body: &[u8]) -> bool {
     text.contains("is the sandbox started") || text.contains("sandbox container not found")
 }
 
+/// Whether a request may start a stopped sandbox.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Yes,
+    /// `X-Daytona-Skip-Last-Activity-Update`: it must not keep it awake.
+    SkipsActivity,
+    /// A link-preview bot or crawler.
+    NotABot,
+}
+
+fn is_coming_up(state: &str) -> bool {
+    matches!(
+        state,
+        "starting" | "restoring" | "creating" | "pulling_snapshot" | "pending_build" | "building_snapshot" | "resizing"
+    )
+}
+
 /// Asks the API what state the sandbox is in and acts on it. `Ok` when
 /// the sandbox is running after all (or its state is unknown): the runner's
-/// answer then goes to the client. `may_start` is false for requests that
-/// must not keep a sandbox awake (`X-Daytona-Skip-Last-Activity-Update`).
-pub async fn check(control_plane: &ControlPlane, sandbox_id: &str, may_start: bool) -> Result<(), ProxyError> {
+/// answer then goes to the client.
+pub async fn check(control_plane: &ControlPlane, sandbox_id: &str, may_start: Start) -> Result<(), ProxyError> {
     match verdict(control_plane, sandbox_id, may_start).await {
         Some(err) => Err(err),
         None => Ok(()),
     }
 }
 
-async fn verdict(control_plane: &ControlPlane, sandbox_id: &str, may_start: bool) -> Option<ProxyError> {
+/// Waits, up to `limit`, for a sandbox that is coming up to be started,
+/// polling its (cached) state. `Ok` once it is started; the error to answer
+/// with when it does not come up in time or cannot.
+pub async fn hold(control_plane: &ControlPlane, sandbox_id: &str, limit: Duration) -> Result<(), ProxyError> {
+    let ControlPlane::Api(api) = control_plane else { return Ok(()) };
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let state = api.state(sandbox_id).await?;
+        match &*state {
+            "started" => return Ok(()),
+            s if is_coming_up(s) || s == "stopped" || s == "archived" => {
+                if tokio::time::Instant::now() + POLL > deadline {
+                    return Err(ProxyError::SandboxStarting(s.to_string()));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            "stopping" | "archiving" => return Err(ProxyError::SandboxStopping),
+            other => return Err(ProxyError::SandboxNotRunning(other.to_string())),
+        }
+    }
+}
+
+async fn verdict(control_plane: &ControlPlane, sandbox_id: &str, may_start: Start) -> Option<ProxyError> {
     let ControlPlane::Api(api) = control_plane else {
         return None;
     };
@@ -77,16 +157,16 @@ async fn verdict(control_plane: &ControlPlane, sandbox_id: &str, may_start: bool
     };
     match &*state {
         "started" => None,
-        "stopped" | "archived" if may_start => match api.start(sandbox_id).await {
-            Ok(()) => Some(ProxyError::SandboxStarting),
+        "stopped" | "archived" if may_start == Start::Yes => match api.start(sandbox_id).await {
+            Ok(()) => Some(ProxyError::SandboxStarting("starting".into())),
             Err(e) => {
                 tracing::warn!(error = %e, "starting a stopped sandbox failed");
                 Some(ProxyError::from(e))
             }
         },
+        "stopped" | "archived" if may_start == Start::NotABot => Some(ProxyError::SandboxAsleep(state.to_string())),
         "stopped" | "archived" => Some(ProxyError::SandboxNotRunning(state.to_string())),
-        "starting" | "restoring" | "creating" | "pulling_snapshot" | "pending_build" | "building_snapshot"
-        | "resizing" => Some(ProxyError::SandboxStarting),
+        s if is_coming_up(s) => Some(ProxyError::SandboxStarting(s.to_string())),
         "stopping" | "archiving" => Some(ProxyError::SandboxStopping),
         other => Some(ProxyError::SandboxNotRunning(other.to_string())),
     }
@@ -127,6 +207,38 @@ mod tests {
             };
             assert_eq!(got, want, "{status} {headers:?}");
         }
+    }
+
+    #[test]
+    fn bots_are_told_apart_from_people_and_programs() {
+        let ua = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(USER_AGENT, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        for bot in [
+            "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+            "Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)",
+            "Twitterbot/1.0",
+            "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+            "LinkedInBot/1.0 (compatible; Mozilla/5.0; Apache-HttpClient +http://www.linkedin.com)",
+            "WhatsApp/2.23.20.0",
+            "TelegramBot (like TwitterBot)",
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+            "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/13.1 Safari/605.1.15 (Applebot/0.1)",
+        ] {
+            assert!(is_bot(&ua(bot)), "{bot}");
+        }
+        for person in [
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36",
+            "curl/8.5.0",
+            "python-requests/2.31",
+            "daytona-sdk/0.1",
+        ] {
+            assert!(!is_bot(&ua(person)), "{person}");
+        }
+        assert!(!is_bot(&HeaderMap::new()));
     }
 
     #[test]
