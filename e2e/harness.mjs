@@ -69,13 +69,13 @@ export async function freePort() {
   return port;
 }
 
-/** Headless Chromium with a fresh profile. */
-export function launchBrowser() {
+/** Headless Chromium with a fresh profile (`extraArgs`: more flags). */
+export function launchBrowser(extraArgs = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-      '--no-first-run', '--disable-sync', '--disable-quic'],
+      '--no-first-run', '--disable-sync', '--disable-quic', ...extraArgs],
   });
 }
 
