@@ -75,6 +75,33 @@ async fn private_and_unknown_sandboxes_look_the_same_without_credentials() {
 }
 
 #[tokio::test]
+async fn a_cold_sandbox_id_asks_for_its_flag_and_its_runner_at_once() {
+    let (api, runner) = setup().await;
+    let id = "3a828150-1573-42e3-bf9f-9793a2c2c0c2";
+    api.add(id, true, Some(&runner.url()));
+    api.set_latency(Duration::from_millis(100));
+    let proxy = TestProxy::start(api_config(&api)).await;
+    let host = format!("3000-{id}.preview.localhost");
+    assert_eq!(get(&proxy, &host, "/").await.status, 200);
+    assert_eq!((api.calls("public"), api.calls("runner")), (1, 1));
+    assert_eq!(api.state.max_in_flight.load(Ordering::SeqCst), 2, "both lookups were in flight together");
+
+    // A private one refused without credentials: its runner is never used,
+    // and the answer is the unknown sandbox's.
+    let secret = "5b6c7d8e-0000-4000-8000-000000000001";
+    api.add(secret, false, Some(&runner.url()));
+    let private = get(&proxy, &format!("3000-{secret}.preview.localhost"), "/").await;
+    let unknown = get(&proxy, "3000-5b6c7d8e-0000-4000-8000-000000000002.preview.localhost", "/").await;
+    assert_eq!((private.status.as_u16(), unknown.status.as_u16()), (401, 401));
+    assert_eq!(private.text_without_request_id(), unknown.text_without_request_id());
+    assert_eq!(runner.seen().len(), 1, "only the public sandbox's request reached the runner");
+    // Once the flag is cached, nothing is looked up ahead of the credentials.
+    let runner_calls = api.calls("runner");
+    get(&proxy, &format!("3000-{secret}.preview.localhost"), "/").await;
+    assert_eq!(api.calls("runner"), runner_calls);
+}
+
+#[tokio::test]
 async fn public_sandbox_without_runner_is_404() {
     let api = MockApi::start().await;
     api.add("archived", true, None);

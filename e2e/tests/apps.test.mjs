@@ -60,12 +60,19 @@ test('JupyterLab behind a private signed URL runs print(6*7) through its kernel 
   const page = await context.newPage();
   await page.goto(signed);                       // the signed URL sets the auth cookie
   await page.goto(`${origin}/lab/tree/sum.ipynb`);
-  await page.locator('.jp-Notebook .jp-Cell .cm-content').first().waitFor({ timeout: 60000 });
-  await page.locator('.jp-Notebook .jp-Cell .cm-content').first().click();
+  const editor = page.locator('.jp-Notebook .jp-Cell .cm-content').first();
+  await editor.waitFor({ timeout: 60000 });
+  // The kernel is connected (over its WebSocket through the proxy) and idle.
+  await page.locator('#jp-main-statusbar', { hasText: 'Idle' }).waitFor({ timeout: 60000 });
+  await editor.click();
   await page.keyboard.type('print(6*7)');
+  await page.locator('.jp-Notebook .jp-Cell .cm-content', { hasText: 'print(6*7)' }).waitFor();
   await page.keyboard.press('Shift+Enter');
   const output = page.locator('.jp-OutputArea-output', { hasText: '42' });
-  await output.waitFor({ timeout: 60000 });
+  await output.waitFor({ timeout: 60000 }).catch(async (e) => {
+    await page.screenshot({ path: join(ARTIFACTS, 'jupyterlab-failed.png') });
+    throw e;
+  });
   assert.equal((await output.first().textContent()).trim(), '42');
   await page.screenshot({ path: join(ARTIFACTS, 'jupyterlab.png') });
   await context.close();

@@ -139,6 +139,11 @@ impl DaytonaApi {
             .await
     }
 
+    /// Whether the public flag of `sandbox_id` is cached.
+    pub fn knows_public(&self, sandbox_id: &str) -> bool {
+        self.public.contains(sandbox_id)
+    }
+
     /// `GET /runners/by-sandbox/{id}`: the runner's `proxyUrl` and `apiKey`.
     pub async fn target(&self, sandbox_id: &str) -> Result<Target, LookupError> {
         self.runners

@@ -148,6 +148,11 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
         }
     }
 
+    /// Whether a fresh entry for `key` is cached.
+    pub fn contains(&self, key: &str) -> bool {
+        self.fresh.contains_key(key)
+    }
+
     /// Forgets `key` (the stale-if-error copy stays).
     pub async fn invalidate(&self, key: &str) {
         self.fresh.invalidate(key).await;

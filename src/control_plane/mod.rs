@@ -132,6 +132,15 @@ impl ControlPlane {
         }
     }
 
+    /// Whether `key` is certainly a sandbox id (a dash: signed tokens have
+    /// none) whose public flag the API has not been asked for yet.
+    pub fn is_cold_sandbox_id(&self, key: &str) -> bool {
+        match self {
+            ControlPlane::Api(api) => key.contains('-') && !api.knows_public(key),
+            ControlPlane::Registry(_) => false,
+        }
+    }
+
     /// Whether a person signed in by OIDC may open the sandbox: the API's
     /// `/preview/{id}/access` with their access token, or the registry's
     /// `viewers` (their verified email, or `"*"`).

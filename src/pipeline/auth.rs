@@ -1,17 +1,22 @@
 //! Authentication (SPEC 2): credentials taken out of the request so none
-//! reaches the sandbox, then every method tried in order before giving up.
+//! reaches the sandbox, then every method tried in order before giving up;
+//! and the pipeline's authenticate phase, which also looks a cold sandbox's
+//! runner up meanwhile.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{AUTHORIZATION, COOKIE};
+use http::request::Parts;
 use http::HeaderValue;
 
 use super::auth_cookie::{self, CookieSigner, Grant, User};
-use crate::control_plane::{ControlPlane, LookupError};
+use super::{Dest, Proxy, RequestCtx};
+use crate::control_plane::{unix_now, ControlPlane, LookupError, Target};
 use crate::error::{AuthMethod, Denied, Outcome, ProxyError};
 use crate::http::escape::percent_decode;
-use crate::http::host::Port;
-use crate::http::{X_DAYTONA_PREVIEW_TOKEN, X_FORWARDED_FOR};
+use crate::http::host::{self, Port};
+use crate::http::{X_DAYTONA_PREVIEW_TOKEN, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE, X_FORWARDED_FOR};
 
 /// Query parameter carrying the preview token (browsers cannot set headers
 /// on `new WebSocket()` or iframes).
@@ -236,6 +241,106 @@ pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: impl Fn(IpAdd
         .filter_map(|h| h.trim().parse().ok())
         .collect();
     hops.iter().rev().copied().find(|ip| !trusted(*ip)).or(hops.first().copied()).unwrap_or(peer)
+}
+
+/// The authenticate phase of [`Proxy::handle`].
+impl Proxy {
+    /// Authenticate: takes the credentials and control headers out of the
+    /// request, then, for a private sandbox or a reserved port, accepts the
+    /// first credential the control plane accepts. Returns the sandbox to
+    /// route to.
+    async fn authenticate<'d>(
+        &self,
+        parts: &mut Parts,
+        dest: &'d Dest,
+        ctx: &mut RequestCtx,
+    ) -> Result<Cow<'d, str>, ProxyError> {
+        let key = dest.key();
+        if ctx.logged {
+            ctx.key = Some(key.to_string());
+        }
+        let original = dest.path_and_query(&parts.uri);
+        let (mut creds, stripped) = Credentials::take(&mut parts.headers, original, key);
+        if let Some(pq) = stripped {
+            ctx.path_and_query = Some(pq);
+        }
+        ctx.skip_activity = parts
+            .headers
+            .remove(X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let needs_auth = match dest {
+            Dest::Preview(host) => {
+                host.port().is_reserved() || !self.shared.control_plane.is_public(key, host.port()).await?
+            }
+            Dest::Toolbox { .. } => true,
+        };
+        if !needs_auth {
+            ctx.key_verified = true;
+            return Ok(Cow::Borrowed(key));
+        }
+        let config = &self.shared.config;
+        creds.client_ip = Some(client_ip(ctx.peer.ip(), &parts.headers, |ip| config.is_trusted_proxy(ip)));
+        let now = unix_now();
+        let signed = matches!(dest, Dest::Preview(_));
+        let granted =
+            authenticate(&self.shared.control_plane, &self.shared.signer, key, dest.port(), &creds, now, signed)
+                .await?;
+        ctx.auth = Some(granted.method);
+        ctx.user = granted.user;
+        ctx.key_verified = granted.method != AuthMethod::SignedUrl;
+        if granted.bearer_used {
+            parts.headers.remove(AUTHORIZATION);
+        }
+        if let Some(grant) = granted.cookie {
+            let name = auth_cookie::cookie_name(key);
+            let domain = match (&config.cookie_domain, dest) {
+                (Some(d), _) => d.clone(),
+                (None, Dest::Preview(host)) => format!(".{}", host.as_str()),
+                (None, Dest::Toolbox { .. }) => {
+                    let host = ctx.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default();
+                    format!(".{}", host::strip_port(host).to_ascii_lowercase())
+                }
+            };
+            let value = self.shared.signer.sign(&name, &grant, now);
+            ctx.set_cookie = auth_cookie::set_cookie(&name, value, &domain, config.https);
+        }
+        Ok(Cow::Owned(granted.sandbox_id))
+    }
+
+    /// Authenticate, and for a sandbox id whose public flag is not cached
+    /// look its runner up at the same time, so a cold page waits for one
+    /// control-plane round trip, not two. The runner answer is used only
+    /// once the request is authorised (a refusal drops it), and only for
+    /// a sandbox id: a signed token must be resolved first.
+    pub(super) async fn authenticate_and_prefetch<'d>(
+        &self,
+        parts: &mut Parts,
+        dest: &'d Dest,
+        ctx: &mut RequestCtx,
+    ) -> (Result<Cow<'d, str>, ProxyError>, Option<Result<Target, LookupError>>) {
+        let key = dest.key();
+        let control_plane = &self.shared.control_plane;
+        if !matches!(dest, Dest::Preview(_)) || !control_plane.is_cold_sandbox_id(key) {
+            return (self.authenticate(parts, dest, ctx).await, None);
+        }
+        let mut auth = std::pin::pin!(self.authenticate(parts, dest, ctx));
+        let mut target = std::pin::pin!(control_plane.target(key));
+        let mut early = None;
+        let auth = tokio::select! {
+            biased;
+            auth = &mut auth => auth,
+            found = &mut target => {
+                early = Some(found);
+                auth.await
+            }
+        };
+        match (auth, early) {
+            (Err(e), _) => (Err(e), None),
+            (Ok(id), _) if id != key => (Ok(id), None),
+            (Ok(id), Some(found)) => (Ok(id), Some(found)),
+            (Ok(id), None) => (Ok(id), Some(target.await)),
+        }
+    }
 }
 
 #[cfg(test)]

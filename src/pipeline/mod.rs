@@ -12,22 +12,17 @@ mod own_routes;
 mod state;
 pub mod warning_page;
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, SET_COOKIE, UPGRADE};
+use http::header::{SET_COOKIE, UPGRADE};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
-use crate::control_plane::{unix_now, Target};
-use crate::error::AuthMethod;
+use crate::control_plane::Target;
 use crate::error::ProxyError;
 use crate::http::host::{self, Port};
-use crate::http::{
-    is_upgrade, is_websocket_upgrade, remove_hop_by_hop, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE, X_REQUEST_ID,
-};
+use crate::http::{is_upgrade, is_websocket_upgrade, remove_hop_by_hop, X_REQUEST_ID};
 use crate::http::{X_FORWARDED_EMAIL, X_FORWARDED_USER};
 use crate::upstream::body::{is_streaming, UpstreamBody};
 use crate::upstream::limit::Holds;
@@ -36,7 +31,6 @@ use crate::upstream::request_body::ClientBody;
 use crate::upstream::rewrite::{self, Downstream};
 use crate::upstream::{wake, Body};
 use access_log::{Logged, Record};
-use auth::Credentials;
 pub use ctx::{Dest, Peer, RequestCtx};
 pub use state::{Proxy, Shared};
 use tracing::Instrument;
@@ -62,7 +56,8 @@ impl Proxy {
             };
             // 2. Authenticate (credentials leave the request either way).
             let (mut parts, body) = req.into_parts();
-            let sandbox_id = match self.authenticate(&mut parts, &dest, &mut ctx).await {
+            let (auth, prefetched) = self.authenticate_and_prefetch(&mut parts, &dest, &mut ctx).await;
+            let sandbox_id = match auth {
                 Err(ProxyError::Unauthorized(denied))
                     if self.wants_login(&parts, &dest, is_upgrade(&parts.headers)) =>
                 {
@@ -74,7 +69,10 @@ impl Proxy {
                 result => result?,
             };
             // 3. Resolve the target: the runner or app that hosts the sandbox.
-            let target = self.shared.control_plane.target(&sandbox_id).await?;
+            let target = match prefetched {
+                Some(target) => target?,
+                None => self.shared.control_plane.target(&sandbox_id).await?,
+            };
             if let Some(limit) = &self.shared.sandbox_limit {
                 let Some(permit) = limit.acquire(&sandbox_id) else {
                     self.shared.metrics.local().limited();
@@ -160,68 +158,6 @@ impl Proxy {
             }
         }
         Ok(Filtered::Forward(req, Dest::Preview(preview)))
-    }
-
-    /// Authenticate: takes the credentials and control headers out of the
-    /// request, then, for a private sandbox or a reserved port, accepts the
-    /// first credential the control plane accepts. Returns the sandbox to
-    /// route to.
-    async fn authenticate<'d>(
-        &self,
-        parts: &mut Parts,
-        dest: &'d Dest,
-        ctx: &mut RequestCtx,
-    ) -> Result<Cow<'d, str>, ProxyError> {
-        let key = dest.key();
-        if ctx.logged {
-            ctx.key = Some(key.to_string());
-        }
-        let original = dest.path_and_query(&parts.uri);
-        let (mut creds, stripped) = Credentials::take(&mut parts.headers, original, key);
-        if let Some(pq) = stripped {
-            ctx.path_and_query = Some(pq);
-        }
-        ctx.skip_activity = parts
-            .headers
-            .remove(X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let needs_auth = match dest {
-            Dest::Preview(host) => {
-                host.port().is_reserved() || !self.shared.control_plane.is_public(key, host.port()).await?
-            }
-            Dest::Toolbox { .. } => true,
-        };
-        if !needs_auth {
-            ctx.key_verified = true;
-            return Ok(Cow::Borrowed(key));
-        }
-        let config = &self.shared.config;
-        creds.client_ip = Some(auth::client_ip(ctx.peer.ip(), &parts.headers, |ip| config.is_trusted_proxy(ip)));
-        let now = unix_now();
-        let signed = matches!(dest, Dest::Preview(_));
-        let granted =
-            auth::authenticate(&self.shared.control_plane, &self.shared.signer, key, dest.port(), &creds, now, signed)
-                .await?;
-        ctx.auth = Some(granted.method);
-        ctx.user = granted.user;
-        ctx.key_verified = granted.method != AuthMethod::SignedUrl;
-        if granted.bearer_used {
-            parts.headers.remove(AUTHORIZATION);
-        }
-        if let Some(grant) = granted.cookie {
-            let name = auth_cookie::cookie_name(key);
-            let domain = match (&config.cookie_domain, dest) {
-                (Some(d), _) => d.clone(),
-                (None, Dest::Preview(host)) => format!(".{}", host.as_str()),
-                (None, Dest::Toolbox { .. }) => {
-                    let host = ctx.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default();
-                    format!(".{}", host::strip_port(host).to_ascii_lowercase())
-                }
-            };
-            let value = self.shared.signer.sign(&name, &grant, now);
-            ctx.set_cookie = auth_cookie::set_cookie(&name, value, &domain, config.https);
-        }
-        Ok(Cow::Owned(granted.sandbox_id))
     }
 
     /// Upstream request filter: the upstream URI (path and query byte for

@@ -219,6 +219,9 @@ pub struct ApiState {
     pub signed: Mutex<HashMap<String, (String, u16)>>,
     /// Last-activity updates per sandbox.
     pub activity: Mutex<HashMap<String, u64>>,
+    /// Calls being answered now, and the most at once.
+    in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
 }
 
 pub struct MockApi {
@@ -312,6 +315,9 @@ async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Test
         let xff = req.headers().get("x-forwarded-for").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
         state.access_xff.lock().unwrap().push(xff);
     }
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _answering = Answering(&state.in_flight);
     let latency = state.latency_ms.load(Ordering::SeqCst);
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -380,6 +386,15 @@ async fn mock_api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Test
             _ => json(403, r#"{"statusCode":403,"message":"Invalid or expired token","code":"FORBIDDEN"}"#),
         },
         _ => json(404, r#"{"statusCode":404,"message":"no such endpoint","code":"NOT_FOUND"}"#),
+    }
+}
+
+/// Counts a call as in flight until its answer is made.
+struct Answering<'a>(&'a AtomicU64);
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
