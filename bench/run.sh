@@ -18,7 +18,7 @@ RESULTS=$WORK/results.tsv
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for f in /tmp/bench-upstream.pid /tmp/bench-nginx.pid /tmp/bench-nginx-apps.pid /tmp/bench-nginx-h2.pid; do
+  for f in /tmp/bench-upstream.pid /tmp/bench-nginx.pid /tmp/bench-nginx-apps.pid /tmp/bench-nginx-h2.pid /tmp/bench-nginx-rsa.pid; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
 }
@@ -27,7 +27,7 @@ ulimit -n "$(ulimit -Hn)"
 
 # --- tools -----------------------------------------------------------------
 need=()
-for pair in wrk:wrk nginx:nginx-light haproxy:haproxy caddy:caddy h2load:nghttp2-client; do
+for pair in wrk:wrk nginx:nginx-light haproxy:haproxy caddy:caddy h2load:nghttp2-client valgrind:valgrind openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -193,6 +193,65 @@ for _ in $(seq "$ROUNDS"); do
   done
 done
 
+echo "scenario 9: new connection per request (Connection: close), HTTP/1.1"
+for _ in $(seq "$ROUNDS"); do
+  run_wrk 9 nginx http://127.0.0.1:18081/ -H "$HOST" -H 'Connection: close'
+  run_wrk 9 preview-proxy http://127.0.0.1:18084/ -H "$HOST" -H 'Connection: close'
+done
+
+echo "scenario 10: TLS, ECDSA P-256 and RSA-2048: keep-alive HTTP/1.1, and a new TLS connection per request"
+# ECDSA: the dev certificate (nginx 18094, proxy 18095). RSA: the same names
+# with an RSA-2048 key (nginx 18194, proxy 18097).
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=preview.localhost \
+  -addext "subjectAltName=DNS:preview.localhost,DNS:*.preview.localhost" \
+  -keyout "$WORK/rsa.key" -out "$WORK/rsa.crt" 2>/dev/null
+sed "s#@CERT@#$WORK/rsa.crt#; s#@KEY@#$WORK/rsa.key#; s#18093#18193#; s#18094#18194#; s#bench-nginx-h2#bench-nginx-rsa#g" \
+  "$P/nginx-h2.conf" >"$WORK/nginx-rsa.conf"
+nginx -c "$WORK/nginx-rsa.conf" & wait_port 18194
+start_proxy 18097 18090 ENABLE_TLS=true TLS_CERT_FILE="$WORK/rsa.crt" TLS_KEY_FILE="$WORK/rsa.key"
+for _ in $(seq "$ROUNDS"); do
+  for t in ecdsa/18094/18095 rsa/18194/18097; do
+    IFS=/ read -r key nginx_port proxy_port <<<"$t"
+    run_wrk "10$key" nginx "https://127.0.0.1:$nginx_port/" -H "$HOST"
+    run_wrk "10$key" preview-proxy "https://127.0.0.1:$proxy_port/" -H "$HOST"
+    run_wrk "10${key}new" nginx "https://127.0.0.1:$nginx_port/" -H "$HOST" -H 'Connection: close'
+    run_wrk "10${key}new" preview-proxy "https://127.0.0.1:$proxy_port/" -H "$HOST" -H 'Connection: close'
+  done
+done
+
+echo "scenario 11: memory per cached sandbox, 20,000 public sandboxes asked for once each (12 s)"
+start_proxy 18098 18090
+CACHE_PID=$PROXY_PID
+curl -s -o /dev/null -H "$HOST" http://127.0.0.1:18098/
+CACHE_BEFORE=$(rss_kb "$CACHE_PID")
+SANDBOXES=20000 wrk -t1 -c16 -d12s -s "$ROOT/bench/distinct-sandboxes.lua" http://127.0.0.1:18098/ >/dev/null
+CACHE_AFTER=$(rss_kb "$CACHE_PID")
+
+echo "scenario 12: instructions per request under callgrind (one worker, 4 keep-alive connections)"
+# callgrind counts instructions, not time: the same on a busy or an idle box.
+CG_SECONDS=${DURATION%s}
+sed 's/^worker_processes 2;/worker_processes 1;\nmaster_process off;/; s/18081/18181/; s#bench-nginx\.#bench-nginx-cg.#g' \
+  "$P/nginx-proxy.conf" >"$WORK/nginx-cg.conf"
+cg_count() { # name port: runs wrk, stops the process under valgrind, prints one row
+  local name=$1 port=$2 pid=$3
+  for _ in 1 2 3; do curl -s -o /dev/null -H "$HOST" "http://127.0.0.1:$port/"; done
+  local n
+  n=$(wrk -t1 -c4 -d"${CG_SECONDS}s" -H "$HOST" "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
+  kill -INT "$pid" 2>/dev/null || true; kill -QUIT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  local total
+  total=$(callgrind_annotate "$WORK/cg-$name.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+  row 12 "$name" "$((total / (n + 3)))" "$n"
+}
+valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-nginx.out" nginx -c "$WORK/nginx-cg.conf" >/dev/null 2>&1 &
+CG_PID=$!; wait_port 18181
+cg_count nginx 18181 "$CG_PID"
+PROXY_WORKERS=1 DAYTONA_API_URL=http://127.0.0.1:18090 PROXY_API_KEY=bench-key PROXY_LISTEN_ADDRESS=127.0.0.1 PROXY_PORT=18099 \
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-preview-proxy.out" "$BIN/preview-proxy" >/dev/null 2>&1 &
+CG_PID=$!; wait_port 18099
+cg_count preview-proxy 18099 "$CG_PID"
+callgrind_annotate "$WORK/cg-preview-proxy.out" 2>/dev/null | awk '/file:function/ {f=1; next} f && NF {print} f && ++k > 16 {exit}' \
+  | cut -c1-150 >"$WORK/cg-top.txt"
+
 echo "scenario 3: cold-cache storm, 10 sandboxes x 1,000 first requests, 50 ms API latency"
 # The app is examples/bench_app (no connection limit; the upstream nginx
 # refuses beyond its worker_connections). Floor: the storm straight at the
@@ -205,9 +264,10 @@ STORM=$("$BIN/examples/storm" 127.0.0.1:18086 10 1000 pubstorm)
 COUNTS=$(curl -s http://127.0.0.1:18091/__counts)
 
 # --- report ------------------------------------------------------------------
-python3 - "$RESULTS" "$IDLE_RSS" "$AFTER_RSS" "$STORM" "$COUNTS" "$MODE" "$BEFORE" "$PEAK" "$STORM_DIRECT" "$STORM_NGINX" <<'PY'
+python3 - "$RESULTS" "$IDLE_RSS" "$AFTER_RSS" "$STORM" "$COUNTS" "$MODE" "$BEFORE" "$PEAK" "$STORM_DIRECT" "$STORM_NGINX" \
+  "$CACHE_BEFORE" "$CACHE_AFTER" "$WORK/cg-top.txt" <<'PY'
 import json, statistics, sys
-path, idle, after, storm, counts, mode, before, peak, storm_direct, storm_nginx = sys.argv[1:11]
+path, idle, after, storm, counts, mode, before, peak, storm_direct, storm_nginx, cache_before, cache_after, cg_top = sys.argv[1:14]
 rows = [l.split("\t") for l in open(path).read().splitlines()]
 def summary(scenario):
     names = list(dict.fromkeys(r[1] for r in rows if r[0] == scenario))
@@ -259,4 +319,17 @@ print(f"the same storm straight at the app (floor): {storm_direct}")
 print(f"the same storm through nginx (no lookups): {storm_nginx}")
 print(f"control-plane calls: runner={c.get('runner', 0)} public={c.get('public', 0)}")
 print(f"\nScenario 8, memory: idle RSS {int(idle) / 1024:.1f} MiB, after scenario 1 {int(after) / 1024:.1f} MiB")
+table("9", "Scenario 9, a new connection per request (HTTP/1.1)", ["req/s", "p99 ms"], "nginx",
+      lambda a, b: [f"{a:,.0f}", f"{b:.2f}"])
+for key, name in [("ecdsa", "ECDSA P-256"), ("rsa", "RSA-2048")]:
+    table(f"10{key}", f"Scenario 10, TLS keep-alive HTTP/1.1, {name}", ["req/s", "p99 ms"], "nginx",
+          lambda a, b: [f"{a:,.0f}", f"{b:.2f}"])
+    table(f"10{key}new", f"Scenario 10, a new TLS connection per request (handshakes/s), {name}", ["req/s", "p99 ms"],
+          "nginx", lambda a, b: [f"{a:,.0f}", f"{b:.2f}"])
+per = (int(cache_after) - int(cache_before)) * 1024 / 20000
+print(f"\nScenario 11, memory per cached sandbox: {per:,.0f} bytes (RSS {int(cache_before) / 1024:.1f} -> {int(cache_after) / 1024:.1f} MiB for 20,000)")
+table("12", "Scenario 12, instructions per request (callgrind)", ["instructions", "requests"], "nginx",
+      lambda a, b: [f"{a:,.0f}", f"{b:,.0f}"])
+print("\npreview-proxy's top functions under callgrind (self instructions):\n")
+print("```\n" + open(cg_top).read().rstrip() + "\n```")
 PY

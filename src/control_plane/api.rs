@@ -1,9 +1,8 @@
 //! Client for the Daytona API's preview endpoints (SPEC 5): retries with
 //! backoff inside the client timeout, answers cached in front.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,7 +15,7 @@ use serde::Deserialize;
 
 use super::cache::ReadThrough;
 use super::shared_cache::SharedCache;
-use super::{LookupError, Runner, RunnerError, Target};
+use super::{LookupError, Runners, Target};
 use crate::config::{Config, ConfigError};
 use crate::http::escape::segment;
 use crate::http::host::Port;
@@ -60,8 +59,8 @@ pub struct DaytonaApi {
     /// Redis shared by the proxy instances, when configured.
     shared: Option<SharedCache>,
     metrics: Arc<Metrics>,
-    /// Runners in use, by `proxyUrl` and key ([`DaytonaApi::shared_runner`]).
-    runner_values: Mutex<HashMap<String, Weak<Runner>>>,
+    /// Runners in use, shared by their sandboxes.
+    runner_values: Runners,
 }
 
 #[derive(Deserialize)]
@@ -127,7 +126,7 @@ impl DaytonaApi {
             activity_dedup: config.activity_dedup,
             shared,
             metrics,
-            runner_values: Mutex::default(),
+            runner_values: Runners::default(),
         })
     }
 
@@ -141,22 +140,6 @@ impl DaytonaApi {
                 Ok((status.is_success(), self.public_ttl))
             })
             .await
-    }
-
-    /// The one parsed runner for this `proxyUrl` and key: the thousands of
-    /// sandboxes a runner hosts share it instead of a copy each.
-    fn shared_runner(&self, proxy_url: &str, api_key: &str) -> Result<Arc<Runner>, RunnerError> {
-        let id = format!("{proxy_url}\n{api_key}");
-        let mut runners = self.runner_values.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(runner) = runners.get(&id).and_then(Weak::upgrade) {
-            return Ok(runner);
-        }
-        let runner = Arc::new(Runner::new(proxy_url, api_key)?);
-        if runners.len() >= 1024 {
-            runners.retain(|_, r| r.strong_count() > 0);
-        }
-        runners.insert(id, Arc::downgrade(&runner));
-        Ok(runner)
     }
 
     /// Whether the public flag of `sandbox_id` is cached.
@@ -185,7 +168,8 @@ impl DaytonaApi {
                     .proxy_url
                     .filter(|u| !u.is_empty())
                     .ok_or_else(|| LookupError::Invalid("the sandbox's runner has no proxyUrl".into()))?;
-                let runner = self.shared_runner(&proxy_url, &runner.api_key).map_err(|e| LookupError::Invalid(e.0))?;
+                let runner =
+                    self.runner_values.get(&proxy_url, &runner.api_key).map_err(|e| LookupError::Invalid(e.0))?;
                 Ok((Target::Runner(runner), self.runner_ttl))
             })
             .await

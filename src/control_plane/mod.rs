@@ -10,8 +10,9 @@ pub mod registry;
 pub mod shared_cache;
 pub mod signed_url;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::uri::{Authority, Scheme};
@@ -41,6 +42,28 @@ pub struct Runner {
     pub auth: HeaderValue,
     /// The `Host` header for the runner, made once.
     pub host: HeaderValue,
+}
+
+/// Parsed runners by `proxyUrl` and key: the thousands of sandboxes a
+/// runner hosts share one instead of a copy each.
+#[derive(Default)]
+pub struct Runners(Mutex<HashMap<String, Weak<Runner>>>);
+
+impl Runners {
+    /// The runner for `proxy_url` and `api_key`, parsed once while in use.
+    pub fn get(&self, proxy_url: &str, api_key: &str) -> Result<Arc<Runner>, RunnerError> {
+        let id = format!("{proxy_url}\n{api_key}");
+        let mut runners = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(runner) = runners.get(&id).and_then(Weak::upgrade) {
+            return Ok(runner);
+        }
+        let runner = Arc::new(Runner::new(proxy_url, api_key)?);
+        if runners.len() >= 1024 {
+            runners.retain(|_, r| r.strong_count() > 0);
+        }
+        runners.insert(id, Arc::downgrade(&runner));
+        Ok(runner)
+    }
 }
 
 /// Why a runner's `proxyUrl` or API key cannot be used.
