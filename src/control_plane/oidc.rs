@@ -278,3 +278,24 @@ fn chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn browsers_are_sent_to_the_public_issuer() {
+        let settings = OidcSettings {
+            issuer: Some("http://dex:5556/dex".into()),
+            public_issuer: Some("https://id.example.com/dex".into()),
+            ..OidcSettings::default()
+        };
+        assert_eq!(
+            public(&settings, "http://dex:5556/dex/auth?client_id=p&state=s"),
+            "https://id.example.com/dex/auth?client_id=p&state=s"
+        );
+        assert_eq!(public(&settings, "https://elsewhere.example.com/auth"), "https://elsewhere.example.com/auth");
+        let same = OidcSettings { public_issuer: None, ..settings };
+        assert_eq!(public(&same, "http://dex:5556/dex/auth"), "http://dex:5556/dex/auth");
+    }
+}
