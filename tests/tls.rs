@@ -202,3 +202,22 @@ async fn slow_handshakes_are_cut_off() {
     let read = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed by the proxy: {read:?}");
 }
+
+#[tokio::test]
+async fn a_returning_client_resumes_its_tls_session() {
+    let s = setup(true);
+    let proxy = TestProxy::start(s.config.clone()).await;
+    let client = connector(&[s.default.as_slice()], &[b"http/1.1"]);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        let name = ServerName::try_from("proxy.example.com").unwrap();
+        let mut tls = client.connect(name, tcp).await.unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        tls.write_all(b"GET /health HTTP/1.1\r\nHost: proxy.example.com\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer).await.unwrap(); // the session tickets come with the answer
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(kinds, [Some(rustls::HandshakeKind::Full), Some(rustls::HandshakeKind::Resumed)]);
+}
