@@ -8,6 +8,9 @@
 //!     <host> becomes the sandbox's number). Page-load time percentiles.
 //! bench_client ws-idle <addr> <host> <tunnels> <pid>...
 //!     opens <tunnels> idle WebSockets; RSS growth of the pids per tunnel.
+//! bench_client ka-idle <addr> <host> <conns> <pid>...
+//!     opens <conns> keep-alive connections, one GET on each, and keeps
+//!     them open; RSS growth of the pids per connection.
 //! bench_client ws-echo <addr> <host> <conns> <seconds>
 //!     <conns> WebSockets each echoing 32-byte messages one at a time.
 //! bench_client sse <addr> <host> <events>
@@ -39,6 +42,7 @@ async fn main() {
     match arg(0).as_str() {
         "pageload" => pageload(arg(1), arg(2), num(3), num(4), num(5), num(6)).await,
         "ws-idle" => ws_idle(arg(1), arg(2), num(3), &args[4..]).await,
+        "ka-idle" => ka_idle(arg(1), arg(2), num(3), &args[4..]).await,
         "ws-echo" => ws_echo(arg(1), arg(2), num(3), Duration::from_secs(num(4) as u64)).await,
         "sse" => sse(arg(1), arg(2), num(3)).await,
         other => panic!("unknown mode {other}"),
@@ -132,7 +136,8 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<T
 async fn ws_open(addr: &str, host: &str) -> Option<Ws> {
     let mut req = format!("ws://{addr}/ws").into_client_request().ok()?;
     req.headers_mut().insert("host", host.parse().ok()?);
-    tokio_tungstenite::connect_async(req).await.ok().map(|(ws, _)| ws)
+    let open = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(req));
+    open.await.ok()?.ok().map(|(ws, _)| ws)
 }
 
 fn rss_kib(pids: &[String]) -> u64 {
@@ -167,6 +172,39 @@ async fn ws_idle(addr: &str, host: &str, tunnels: usize, pids: &[String]) {
     println!(
         "tunnels={open} errors={} rss_before_kib={before} rss_after_kib={after} kib_per_tunnel={per:.2}",
         tunnels - open
+    );
+}
+
+async fn ka_idle(addr: &str, host: &str, conns: usize, pids: &[String]) {
+    let before = rss_kib(pids);
+    let opened = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(conns)));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..128 {
+        let (addr, host, opened, next) = (addr.to_string(), host.to_string(), opened.clone(), next.clone());
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < conns {
+                let connect = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr));
+                let Ok(Ok(stream)) = connect.await else { continue };
+                let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+                    continue;
+                };
+                tokio::spawn(conn);
+                if get(&mut sender, &host, "/").await {
+                    opened.lock().await.push(sender);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    // Let every connection settle into its idle state.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pids);
+    let open = opened.lock().await.len();
+    let per = (after.saturating_sub(before)) as f64 / open.max(1) as f64;
+    println!(
+        "conns={open} errors={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={per:.2}",
+        conns - open
     );
 }
 
