@@ -21,6 +21,7 @@ use tokio::sync::OnceCell;
 
 use super::LookupError;
 use crate::config::OidcSettings;
+use crate::http::error_chain;
 
 /// The end-session endpoint, which core metadata does not carry.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -159,7 +160,7 @@ impl Oidc {
                 let issuer = IssuerUrl::new(issuer).map_err(|e| LookupError::Invalid(format!("OIDC_DOMAIN: {e}")))?;
                 let metadata = Metadata::discover_async(issuer, &self.http)
                     .await
-                    .map_err(|e| LookupError::Unavailable(format!("OIDC discovery failed: {}", chain(&e))))?;
+                    .map_err(|e| LookupError::Unavailable(format!("OIDC discovery failed: {}", error_chain(&e))))?;
                 let end_session = metadata.additional_metadata().end_session_endpoint.clone();
                 let secret = Some(settings.client_secret.clone()).filter(|s| !s.is_empty()).map(ClientSecret::new);
                 let client =
@@ -225,7 +226,7 @@ impl Oidc {
             .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()))
             .request_async(&self.http)
             .await
-            .map_err(|e| LookupError::Invalid(format!("the code exchange failed: {}", chain(&e))))?;
+            .map_err(|e| LookupError::Invalid(format!("the code exchange failed: {}", error_chain(&e))))?;
         let id_token = token.id_token().ok_or_else(|| LookupError::Invalid("the provider sent no ID token".into()))?;
         let verifier = provider.client.id_token_verifier();
         let claims = id_token
@@ -265,18 +266,6 @@ fn public(settings: &OidcSettings, url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-/// An error and its causes, on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

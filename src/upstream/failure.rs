@@ -9,6 +9,7 @@ use http::Request;
 use super::request_body::ClientBodyError;
 use super::RequestBody;
 use crate::error::ProxyError;
+use crate::http::error_chain;
 use crate::http::host::Port;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,13 +62,13 @@ pub(super) fn classify(failure: Failure, port: Port, direct: bool) -> ProxyError
         Failure::Connect(err) => match (io_kind(&*err), direct) {
             (Some(io::ErrorKind::TimedOut), _) => ProxyError::UpstreamTimeout(port),
             (Some(io::ErrorKind::ConnectionRefused), true) => ProxyError::PortNotListening(port),
-            (_, true) => ProxyError::UpstreamFailed { port, detail: chain(&*err) },
-            (_, false) => ProxyError::RunnerUnreachable(chain(&*err)),
+            (_, true) => ProxyError::UpstreamFailed { port, detail: error_chain(&*err) },
+            (_, false) => ProxyError::RunnerUnreachable(error_chain(&*err)),
         },
         Failure::Request { error, .. } => match client_body_error(&error) {
             Some(ClientBodyError::Stalled(_)) => ProxyError::RequestBodyTimeout,
             Some(ClientBodyError::Malformed(_)) => ProxyError::BadRequestBody,
-            None => ProxyError::UpstreamFailed { port, detail: chain(&error) },
+            None => ProxyError::UpstreamFailed { port, detail: error_chain(&error) },
         },
     }
 }
@@ -82,19 +83,4 @@ fn client_body_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&
         source = e.source();
     }
     None
-}
-
-/// An error and its causes, as one line.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
 }
