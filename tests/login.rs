@@ -61,7 +61,7 @@ async fn the_callback_refuses_what_this_browser_did_not_start() {
     assert_eq!(denied.json()["code"], "LOGIN_FAILED");
     assert!(denied.json()["message"].as_str().unwrap().contains("The user said no"));
     for evil in ["http://evil.example/", "http://3000-app1.evil.example/", "//evil.example/", "javascript:alert(1)"] {
-        let answer = get(&proxy, base, &format!("/login?return={}", urlencode(evil))).await;
+        let answer = get(&proxy, base, &format!("/login?return={}", encode(evil))).await;
         assert_eq!(answer.status, 400, "{evil}");
         assert!(answer.headers.get("location").is_none(), "{evil}");
     }
@@ -85,13 +85,4 @@ fn an_issuer_without_a_client_id_stops_start_up() {
     let config = preview_proxy::config::Config::from_sources(&toml::Table::new(), std::path::Path::new("."), &env);
     let err = config.expect_err("rejected");
     assert!(err.to_string().contains("OIDC_CLIENT_ID"), "{err}");
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -155,7 +155,7 @@ impl Prometheus {
 
     /// Runs a PromQL instant query; the JSON answer's `data.result`.
     async fn query(&self, promql: &str) -> Option<serde_json::Value> {
-        let query: String = url_encode(promql);
+        let query: String = encode(promql);
         let req =
             Request::builder().uri(format!("http://{}/api/v1/query?query={query}", self.addr)).body(empty()).unwrap();
         let resp = client().request(req).await.ok()?;
@@ -164,15 +164,6 @@ impl Prometheus {
         assert_eq!(json["status"], "success", "{json}");
         Some(json["data"]["result"].clone())
     }
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -525,6 +525,11 @@ pub fn sha256_hex(chunks: &[Bytes]) -> String {
     format!("{:x}", h.finalize())
 }
 
+/// Percent-encodes a query value (everything but letters and digits).
+pub fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 /// Polls `check` until it holds, for at most five seconds.
 pub async fn wait_for<F, Fut>(check: F)
 where
