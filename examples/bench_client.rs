@@ -148,50 +148,25 @@ fn rss_kib(pids: &[String]) -> u64 {
         .sum()
 }
 
-async fn ws_idle(addr: &str, host: &str, tunnels: usize, pids: &[String]) {
+/// Opens `n` connections with `open` (128 at a time), keeps them, and
+/// says how much the pids' RSS grew per connection (KiB), and how many
+/// opened.
+async fn idle<T, F, Fut>(n: usize, pids: &[String], open: F) -> (usize, u64, u64, f64)
+where
+    T: Send + 'static,
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Option<T>> + Send,
+{
     let before = rss_kib(pids);
-    let opened = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(tunnels)));
+    let opened = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(n)));
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..128 {
-        let (addr, host, opened, next) = (addr.to_string(), host.to_string(), opened.clone(), next.clone());
+        let (open, opened, next) = (open.clone(), opened.clone(), next.clone());
         tasks.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < tunnels {
-                if let Some(ws) = ws_open(&addr, &host).await {
-                    opened.lock().await.push(ws);
-                }
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    // Let every tunnel settle into its idle state.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pids);
-    let open = opened.lock().await.len();
-    let per = (after.saturating_sub(before)) as f64 / open.max(1) as f64;
-    println!(
-        "tunnels={open} errors={} rss_before_kib={before} rss_after_kib={after} kib_per_tunnel={per:.2}",
-        tunnels - open
-    );
-}
-
-async fn ka_idle(addr: &str, host: &str, conns: usize, pids: &[String]) {
-    let before = rss_kib(pids);
-    let opened = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(conns)));
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..128 {
-        let (addr, host, opened, next) = (addr.to_string(), host.to_string(), opened.clone(), next.clone());
-        tasks.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < conns {
-                let connect = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr));
-                let Ok(Ok(stream)) = connect.await else { continue };
-                let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
-                    continue;
-                };
-                tokio::spawn(conn);
-                if get(&mut sender, &host, "/").await {
-                    opened.lock().await.push(sender);
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                if let Some(conn) = open().await {
+                    opened.lock().await.push(conn);
                 }
             }
         });
@@ -200,8 +175,35 @@ async fn ka_idle(addr: &str, host: &str, conns: usize, pids: &[String]) {
     // Let every connection settle into its idle state.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pids);
-    let open = opened.lock().await.len();
-    let per = (after.saturating_sub(before)) as f64 / open.max(1) as f64;
+    let count = opened.lock().await.len();
+    (count, before, after, after.saturating_sub(before) as f64 / count.max(1) as f64)
+}
+
+async fn ws_idle(addr: &str, host: &str, tunnels: usize, pids: &[String]) {
+    let (addr, host) = (addr.to_string(), host.to_string());
+    let (open, before, after, per) = idle(tunnels, pids, move || {
+        let (addr, host) = (addr.clone(), host.clone());
+        async move { ws_open(&addr, &host).await }
+    })
+    .await;
+    println!(
+        "tunnels={open} errors={} rss_before_kib={before} rss_after_kib={after} kib_per_tunnel={per:.2}",
+        tunnels - open
+    );
+}
+
+async fn ka_idle(addr: &str, host: &str, conns: usize, pids: &[String]) {
+    let (addr, host) = (addr.to_string(), host.to_string());
+    let (open, before, after, per) = idle(conns, pids, move || {
+        let (addr, host) = (addr.clone(), host.clone());
+        async move {
+            let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr)).await.ok()?.ok()?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+            tokio::spawn(conn);
+            get(&mut sender, &host, "/").await.then_some(sender)
+        }
+    })
+    .await;
     println!(
         "conns={open} errors={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={per:.2}",
         conns - open
