@@ -142,9 +142,9 @@ impl DaytonaApi {
             .await
     }
 
-    /// Whether the public flag of `sandbox_id` is cached.
-    pub fn knows_public(&self, sandbox_id: &str) -> bool {
-        self.public.contains(sandbox_id)
+    /// The public flag of `sandbox_id`, if it is cached.
+    pub fn cached_public(&self, sandbox_id: &str) -> Option<bool> {
+        self.public.fresh(sandbox_id)
     }
 
     /// `GET /runners/by-sandbox/{id}`: the runner's `proxyUrl` and `apiKey`.

@@ -237,10 +237,14 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
         }
     }
 
-    /// Whether a fresh entry for `key` is cached.
-    pub fn contains(&self, key: &str) -> bool {
-        let shard = self.shard(key);
-        matches!(shard.map.get(key), Some(Slot::Ready { fresh_until, .. }) if Instant::now() < *fresh_until)
+    /// The fresh value for `key`, if one is cached (counted as a hit).
+    pub fn fresh(&self, key: &str) -> Option<V> {
+        let value = match self.shard(key).map.get(key) {
+            Some(Slot::Ready { value, fresh_until, .. }) if Instant::now() < *fresh_until => value.clone(),
+            _ => return None,
+        };
+        self.metrics.local().cache(self.name, CacheResult::Hit);
+        Some(value)
     }
 
     /// Forgets `key`; within the stale-if-error window its value stays as
@@ -426,10 +430,10 @@ mod tests {
         let cache = ReadThrough::<u32>::new(100, Some(Duration::from_secs(60)), CacheName::Runner, &Arc::default());
         cache.get("k", || async { Ok((1, Duration::from_secs(60))) }).await.unwrap();
         cache.invalidate("k").await;
-        assert!(!cache.contains("k"));
+        assert!(cache.fresh("k").is_none());
         let r = cache.get("k", || async { Err(LookupError::Unavailable("down".into())) }).await;
         assert_eq!(r.unwrap(), 1, "the stale copy answers");
         assert_eq!(cache.get("k", || async { Ok((2, Duration::from_secs(60))) }).await.unwrap(), 2);
-        assert!(cache.contains("k"));
+        assert_eq!(cache.fresh("k"), Some(2));
     }
 }

@@ -120,6 +120,16 @@ impl LookupError {
     }
 }
 
+/// What [`ControlPlane::prefetch`] knows before authentication.
+pub enum Prefetch {
+    /// A key that may be a signed token, or the registry: nothing to do.
+    NotASandboxId,
+    /// The sandbox's public flag, from the cache.
+    Known(bool),
+    /// A sandbox id the API has not been asked about yet.
+    Cold,
+}
+
 pub enum ControlPlane {
     Api(Box<DaytonaApi>),
     Registry(Registry),
@@ -155,12 +165,15 @@ impl ControlPlane {
         }
     }
 
-    /// Whether `key` is certainly a sandbox id (a dash: signed tokens have
-    /// none) whose public flag the API has not been asked for yet.
-    pub fn is_cold_sandbox_id(&self, key: &str) -> bool {
+    /// For a key that is certainly a sandbox id (a dash: signed tokens have
+    /// none) in front of the API: its public flag if cached, else `Cold`.
+    pub fn prefetch(&self, key: &str) -> Prefetch {
         match self {
-            ControlPlane::Api(api) => key.contains('-') && !api.knows_public(key),
-            ControlPlane::Registry(_) => false,
+            ControlPlane::Api(api) if key.contains('-') => match api.cached_public(key) {
+                Some(public) => Prefetch::Known(public),
+                None => Prefetch::Cold,
+            },
+            _ => Prefetch::NotASandboxId,
         }
     }
 

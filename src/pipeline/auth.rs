@@ -12,7 +12,7 @@ use http::HeaderValue;
 
 use super::auth_cookie::{self, CookieSigner, Grant, User};
 use super::{Dest, Proxy, RequestCtx};
-use crate::control_plane::{unix_now, ControlPlane, LookupError, Target};
+use crate::control_plane::{unix_now, ControlPlane, LookupError, Prefetch, Target};
 use crate::error::{AuthMethod, Denied, Outcome, ProxyError};
 use crate::http::escape::percent_decode;
 use crate::http::host::{self, Port};
@@ -249,11 +249,13 @@ impl Proxy {
     /// request, then, for a private sandbox or a reserved port, accepts the
     /// first credential the control plane accepts. Returns the sandbox to
     /// route to.
+    /// `known_public`: the sandbox's public flag when already looked up.
     async fn authenticate<'d>(
         &self,
         parts: &mut Parts,
         dest: &'d Dest,
         ctx: &mut RequestCtx,
+        known_public: Option<bool>,
     ) -> Result<Cow<'d, str>, ProxyError> {
         let key = dest.key();
         if ctx.logged {
@@ -269,9 +271,11 @@ impl Proxy {
             .remove(X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let needs_auth = match dest {
-            Dest::Preview(host) => {
-                host.port().is_reserved() || !self.shared.control_plane.is_public(key, host.port()).await?
-            }
+            Dest::Preview(host) if host.port().is_reserved() => true,
+            Dest::Preview(host) => match known_public {
+                Some(public) => !public,
+                None => !self.shared.control_plane.is_public(key, host.port()).await?,
+            },
             Dest::Toolbox { .. } => true,
         };
         if !needs_auth {
@@ -320,10 +324,16 @@ impl Proxy {
     ) -> (Result<Cow<'d, str>, ProxyError>, Option<Result<Target, LookupError>>) {
         let key = dest.key();
         let control_plane = &self.shared.control_plane;
-        if !matches!(dest, Dest::Preview(_)) || !control_plane.is_cold_sandbox_id(key) {
-            return (self.authenticate(parts, dest, ctx).await, None);
+        let prefetch = match dest {
+            Dest::Preview(_) => control_plane.prefetch(key),
+            Dest::Toolbox { .. } => Prefetch::NotASandboxId,
+        };
+        match prefetch {
+            Prefetch::NotASandboxId => return (self.authenticate(parts, dest, ctx, None).await, None),
+            Prefetch::Known(public) => return (self.authenticate(parts, dest, ctx, Some(public)).await, None),
+            Prefetch::Cold => {}
         }
-        let mut auth = std::pin::pin!(self.authenticate(parts, dest, ctx));
+        let mut auth = std::pin::pin!(self.authenticate(parts, dest, ctx, None));
         let mut target = std::pin::pin!(control_plane.target(key));
         let mut early = None;
         let auth = tokio::select! {
