@@ -13,9 +13,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Frame, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -64,46 +64,66 @@ pub async fn detect(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
 }
 
 /// Serves one connection until it ends, it idles out, or `closing` turns
-/// true (then in-flight requests finish first).
-pub async fn serve<I>(io: I, protocol: Protocol, server: Arc<Server>, peer: Peer, mut closing: watch::Receiver<bool>)
+/// true (then in-flight requests finish first). hyper's own HTTP/1 and
+/// HTTP/2 connections, not hyper-util's `auto` one: `detect` already knows
+/// the protocol, and `auto`'s connection is sized for HTTP/2's state even
+/// when it serves HTTP/1 (more memory per idle keep-alive connection).
+pub async fn serve<I>(io: I, protocol: Protocol, server: Arc<Server>, peer: Peer, closing: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = server.config();
-    let (header_read, idle) = (config.header_read_timeout, config.idle_timeout);
+    let (header_read, idle, streams_limit) =
+        (config.header_read_timeout, config.idle_timeout, config.max_concurrent_streams);
     let reads = Arc::new(ReadClock { reads: AtomicU64::new(0) });
-    let streams = Arc::new(Streams { base: Instant::now(), open: AtomicUsize::new(0), idle_since: AtomicU64::new(0) });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    match protocol {
-        Protocol::Http1 => {
-            builder = builder.http1_only();
-            let timer = HeadTimer { header_read, idle, reads: reads.clone(), used: AtomicBool::new(false) };
-            builder.http1().timer(timer).header_read_timeout(header_read).max_buf_size(MAX_HEADERS);
-        }
-        Protocol::Http2 => {
-            builder = builder.http2_only();
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(config.max_concurrent_streams)
-                .max_header_list_size(MAX_HEADERS as u32)
-                .keep_alive_interval(PING)
-                .keep_alive_timeout(PING);
-        }
-    }
     let h2 = protocol == Protocol::Http2;
     let _open = server.proxy.shared.metrics.local().connection(h2);
+    let streams = h2
+        .then(|| Arc::new(Streams { base: Instant::now(), open: AtomicUsize::new(0), idle_since: AtomicU64::new(0) }));
     let counted = streams.clone();
     let service = service_fn(move |req| {
         let (server, peer) = (server.clone(), peer.clone());
-        let open = h2.then(|| StreamGuard::new(counted.clone()));
+        let open = counted.as_ref().map(|streams| StreamGuard::new(streams.clone()));
         async move {
             let resp = server.proxy.handle(req, &peer).await;
             Ok::<_, Infallible>(resp.map(|body| Counted { body, _open: open }))
         }
     });
-    let io = TokioIo::new(Watched { inner: io, reads });
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let io = TokioIo::new(Watched { inner: io, reads: reads.clone() });
+    match streams {
+        None => {
+            let timer = HeadTimer { header_read, idle, reads, used: AtomicBool::new(false) };
+            let conn = http1::Builder::new()
+                .timer(timer)
+                .header_read_timeout(header_read)
+                .max_buf_size(MAX_HEADERS)
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(conn, |conn| conn.graceful_shutdown(), None, closing).await;
+        }
+        Some(streams) => {
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(streams_limit)
+                .max_header_list_size(MAX_HEADERS as u32)
+                .keep_alive_interval(PING)
+                .keep_alive_timeout(PING)
+                .serve_connection(io, service);
+            drive(conn, |conn| conn.graceful_shutdown(), Some((&streams, idle)), closing).await;
+        }
+    }
+}
+
+/// Runs a connection to its end; shuts it down gracefully when `closing`
+/// turns true or, for HTTP/2, when no stream has been open for `idle`.
+async fn drive<C>(
+    conn: C,
+    shutdown: fn(Pin<&mut C>),
+    idle: Option<(&Streams, Duration)>,
+    mut closing: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
     tokio::pin!(conn);
     let mut ending = false;
     loop {
@@ -114,16 +134,25 @@ where
                 }
                 return;
             }
-            () = streams.idle_for(idle), if h2 && !ending => {
+            () = idle_out(idle), if idle.is_some() && !ending => {
                 tracing::debug!("idle HTTP/2 connection closed");
-                conn.as_mut().graceful_shutdown();
+                shutdown(conn.as_mut());
                 ending = true;
             }
             _ = closing.wait_for(|c| *c), if !ending => {
-                conn.as_mut().graceful_shutdown();
+                shutdown(conn.as_mut());
                 ending = true;
             }
         }
+    }
+}
+
+/// Completes once an HTTP/2 connection has had no open stream for its
+/// idle time; never for HTTP/1 (hyper's timer covers keep-alive).
+async fn idle_out(idle: Option<(&Streams, Duration)>) {
+    match idle {
+        Some((streams, idle)) => streams.idle_for(idle).await,
+        None => std::future::pending().await,
     }
 }
 
