@@ -331,8 +331,21 @@ impl Proxy {
         match prefetch {
             Prefetch::NotASandboxId => return (self.authenticate(parts, dest, ctx, None).await, None),
             Prefetch::Known(public) => return (self.authenticate(parts, dest, ctx, Some(public)).await, None),
-            Prefetch::Cold => {}
+            // Boxed: the cold path's futures would size every request's.
+            Prefetch::Cold => Box::pin(self.authenticate_cold(parts, dest, ctx)).await,
         }
+    }
+
+    /// A sandbox id not seen before: its runner is looked up while the
+    /// request is authenticated, and used only once it is authorised.
+    async fn authenticate_cold<'d>(
+        &self,
+        parts: &mut Parts,
+        dest: &'d Dest,
+        ctx: &mut RequestCtx,
+    ) -> (Result<Cow<'d, str>, ProxyError>, Option<Result<Target, LookupError>>) {
+        let key = dest.key();
+        let control_plane = &self.shared.control_plane;
         let mut auth = std::pin::pin!(self.authenticate(parts, dest, ctx, None));
         let mut target = std::pin::pin!(control_plane.target(key));
         let mut early = None;

@@ -267,7 +267,9 @@ impl Pool {
     ) -> Result<(Response<Incoming>, Lease), Failure> {
         let mut sender = match pooled.then(|| self.checkout(key)).flatten() {
             Some(sender) => sender,
-            None => self.new_connection(key).await?,
+            // Boxed: connecting is rare on a busy pool, and its future
+            // would size every request's.
+            None => Box::pin(self.new_connection(key)).await?,
         };
         // A connection that closed meanwhile hands the request back unsent.
         ready(&mut sender).await;
