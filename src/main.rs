@@ -116,7 +116,7 @@ fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::BufWriter::new(std::io::stdout()));
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if json {
         fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
@@ -126,7 +126,65 @@ fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
+/// `RUST_LOG`, `info` when unset or unreadable. rustls's warnings are about
+/// what clients send (a client that sends an IP address as its TLS server
+/// name, as wrk does, makes one a connection): any client could fill the log
+/// with them, so rustls logs only errors unless `RUST_LOG` names it.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let spec = rust_log.unwrap_or("info");
+    let filter = tracing_subscriber::EnvFilter::try_new(spec).unwrap_or_else(|_| "info".into());
+    match (spec.contains("rustls"), "rustls=error".parse()) {
+        (false, Ok(quiet)) => filter.add_directive(quiet),
+        _ => filter,
+    }
+}
+
 fn bad_config(e: &ConfigError) -> ExitCode {
     eprintln!("{e}");
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    /// The lines a subscriber with `log_filter(rust_log)` writes for a
+    /// rustls warning and one of the proxy's.
+    fn logged(rust_log: Option<&str>) -> String {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(super::log_filter(rust_log))
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI extension");
+            tracing::warn!(target: "preview_proxy::server", "proxy warning");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn rustls_warnings_about_clients_stay_out_of_the_log_unless_asked_for() {
+        for rust_log in [None, Some("info"), Some("warn"), Some("preview_proxy=debug")] {
+            let text = logged(rust_log);
+            assert!(text.contains("proxy warning"), "{rust_log:?}: {text}");
+            assert!(!text.contains("Illegal SNI"), "{rust_log:?}: {text}");
+        }
+        assert!(logged(Some("warn,rustls=warn")).contains("Illegal SNI"));
+        assert!(!logged(Some("error")).contains("proxy warning"));
+    }
 }
