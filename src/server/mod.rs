@@ -108,7 +108,9 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
         let peer = Peer::new(peer, config.is_trusted_proxy(peer.ip()));
         let (server, closing) = (server.clone(), closing_rx.clone());
         let counted = OpenConnection::new(&open);
-        tokio::spawn(async move {
+        // Boxed: a task's future is moved several times as it is spawned
+        // and finishes, and a connection's is large (HTTP/2 and TLS states).
+        tokio::spawn(Box::pin(async move {
             let _counted = counted;
             match &server.tls {
                 None => {
@@ -128,7 +130,7 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
                     connection::serve(stream, protocol, server.clone(), peer, closing).await;
                 }
             }
-        });
+        }));
     }
     drop(listener);
     let tunnels = server.tunnels().clone();
