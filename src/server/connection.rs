@@ -85,7 +85,9 @@ where
         let (server, peer) = (server.clone(), peer.clone());
         let open = counted.as_ref().map(|streams| StreamGuard::new(streams.clone()));
         async move {
-            let resp = server.proxy.handle(req, &peer).await;
+            // Boxed: hyper keeps room for a request's future on each
+            // connection while it idles; this way that room is a pointer.
+            let resp = Box::pin(server.proxy.handle(req, &peer)).await;
             Ok::<_, Infallible>(resp.map(|body| Counted { body, _open: open }))
         }
     });
@@ -109,7 +111,9 @@ where
                 .keep_alive_interval(PING)
                 .keep_alive_timeout(PING)
                 .serve_connection(io, service);
-            drive(conn, |conn| conn.graceful_shutdown(), Some((&streams, idle)), closing).await;
+            // Boxed: HTTP/2's state would size every HTTP/1 connection's
+            // future (memory per idle keep-alive connection).
+            Box::pin(drive(conn, |conn| conn.graceful_shutdown(), Some((&streams, idle)), closing)).await;
         }
     }
 }

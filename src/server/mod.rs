@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connection::Protocol;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
@@ -84,7 +84,6 @@ impl Server {
 /// lets in-flight requests finish, up to the configured shutdown timeout.
 pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let config = server.config();
-    let (header_read, handshake_timeout) = (config.header_read_timeout, config.tls_handshake_timeout);
     let shutdown_timeout = config.shutdown_timeout;
     let (closing, closing_rx) = watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
@@ -108,29 +107,13 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
         let peer = Peer::new(peer, config.is_trusted_proxy(peer.ip()));
         let (server, closing) = (server.clone(), closing_rx.clone());
         let counted = OpenConnection::new(&open);
-        // Boxed: a task's future is moved several times as it is spawned
-        // and finishes, and a connection's is large (HTTP/2 and TLS states).
-        tokio::spawn(Box::pin(async move {
-            let _counted = counted;
-            match &server.tls {
-                None => {
-                    let Some(protocol) = connection::detect(&stream, header_read).await else { return };
-                    connection::serve(stream, protocol, server.clone(), peer, closing).await;
-                }
-                Some(tls) => {
-                    let stream = match tokio::time::timeout(handshake_timeout, tls.acceptor().accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!("TLS handshake timed out"),
-                    };
-                    let protocol = match stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Protocol::Http2,
-                        _ => Protocol::Http1,
-                    };
-                    connection::serve(stream, protocol, server.clone(), peer, closing).await;
-                }
-            }
-        }));
+        // Boxed: a task's future is moved several times between spawn and
+        // finish. One function each for TLS and cleartext, so a cleartext
+        // connection's future is not sized for TLS's state.
+        match server.tls.is_some() {
+            false => tokio::spawn(Box::pin(serve_cleartext(stream, server, peer, closing, counted))),
+            true => tokio::spawn(Box::pin(serve_tls(stream, server, peer, closing, counted))),
+        };
     }
     drop(listener);
     let tunnels = server.tunnels().clone();
@@ -149,6 +132,41 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
     }
     tunnels.close_all();
     Ok(())
+}
+
+/// A cleartext connection: HTTP/1.1, or HTTP/2 with prior knowledge.
+async fn serve_cleartext(
+    stream: TcpStream,
+    server: Arc<Server>,
+    peer: Peer,
+    closing: watch::Receiver<bool>,
+    _counted: OpenConnection,
+) {
+    let Some(protocol) = connection::detect(&stream, server.config().header_read_timeout).await else { return };
+    connection::serve(stream, protocol, server, peer, closing).await;
+}
+
+/// A TLS connection: the handshake within its limit, then the protocol
+/// ALPN chose.
+async fn serve_tls(
+    stream: TcpStream,
+    server: Arc<Server>,
+    peer: Peer,
+    closing: watch::Receiver<bool>,
+    _counted: OpenConnection,
+) {
+    let Some(tls) = &server.tls else { return };
+    let stream = match tokio::time::timeout(server.config().tls_handshake_timeout, tls.acceptor().accept(stream)).await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!("TLS handshake timed out"),
+    };
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    connection::serve(stream, protocol, server.clone(), peer, closing).await;
 }
 
 /// Counts an open client connection while it lives.
