@@ -98,6 +98,7 @@ where
             let conn = http1::Builder::new()
                 .timer(timer)
                 .header_read_timeout(header_read)
+                .max_header_size(MAX_HEADERS)
                 .max_buf_size(MAX_HEADERS)
                 .serve_connection(io, service)
                 .with_upgrades();
