@@ -1,6 +1,6 @@
-//! The request pipeline. [`Proxy::handle`] is its table of contents: named
-//! phases (pingora's vocabulary) over one [`RequestCtx`], each a method
-//! below it in the order it runs.
+//! The request pipeline. [`Proxy::handle`] and the phases it runs are its
+//! table of contents: named phases (pingora's vocabulary) over one
+//! [`RequestCtx`], each a method below them in the order it runs.
 
 pub mod access_log;
 pub mod auth;
