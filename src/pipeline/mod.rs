@@ -219,7 +219,8 @@ impl Proxy {
         let mut resp = match direct {
             true => resp.map(Either::Left),
             false => {
-                let may_start = match (ctx.skip_activity, replay) {
+                // Asked only of an answer that may mean "not running".
+                let may_start = || match (ctx.skip_activity, replay) {
                     (true, _) => wake::Start::SkipsActivity,
                     (false, Some(replay)) if wake::is_bot(replay.headers()) => wake::Start::NotABot,
                     (false, _) => wake::Start::Yes,
@@ -227,7 +228,7 @@ impl Proxy {
                 match wake::inspect(resp.status(), resp.headers()) {
                     wake::Verdict::Pass => resp.map(Either::Left),
                     wake::Verdict::NotRunning => {
-                        wake::check(&shared.control_plane, sandbox_id, may_start).await?;
+                        wake::check(&shared.control_plane, sandbox_id, may_start()).await?;
                         resp.map(Either::Left)
                     }
                     wake::Verdict::ReadBody => {
@@ -243,7 +244,7 @@ impl Proxy {
                             lease.release();
                         }
                         if wake::says_not_running(&body) {
-                            wake::check(&shared.control_plane, sandbox_id, may_start).await?;
+                            wake::check(&shared.control_plane, sandbox_id, may_start()).await?;
                         }
                         Response::from_parts(parts, Either::Right(body))
                     }
