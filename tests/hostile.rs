@@ -433,6 +433,33 @@ async fn requests_wait_a_bounded_time_under_the_upstream_connection_cap() {
 }
 
 #[tokio::test]
+async fn a_request_arriving_in_pieces_across_the_first_read_is_read_whole() {
+    // The proxy's first read of a connection takes up to 4 KiB to tell
+    // HTTP/1 from HTTP/2; the rest must follow it to hyper, in order, however
+    // the bytes arrive: one byte, then the rest, with a header that goes on
+    // past the first read.
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|_| {}).await;
+    let long = "b".repeat(6000);
+    let request = format!(
+        "GET /in/pieces?x=1 HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\nX-Long: {long}\r\nConnection: close\r\n\r\n",
+        app.addr.port()
+    );
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&request.as_bytes()[..1]).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::task::yield_now().await;
+    s.write_all(&request.as_bytes()[1..]).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("the proxy answers").unwrap();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{}", &answer[..answer.len().min(200)]);
+    let seen = app.last();
+    assert_eq!(seen.target, "/in/pieces?x=1");
+    assert_eq!(seen.headers["x-long"], long.as_str());
+}
+
+#[tokio::test]
 async fn request_headers_over_64_kib_get_431() {
     let app = App::start().await;
     let (proxy, _dir) = proxy(|_| {}).await;

@@ -16,7 +16,7 @@ use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -28,6 +28,8 @@ use crate::pipeline::Peer;
 /// closed when it is not answered within the same time.
 const PING: Duration = Duration::from_secs(20);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The first read of a cleartext connection: room for an ordinary request.
+const FIRST_READ: usize = 4096;
 /// Request headers, all of them (431 beyond, as nginx's default buffers).
 const MAX_HEADERS: usize = 64 * 1024;
 
@@ -38,26 +40,25 @@ pub enum Protocol {
     Http2,
 }
 
-/// Tells HTTP/1 from cleartext HTTP/2 by the first bytes, without taking
-/// them off the socket. `None`: the client closed, or sent nothing (or half
-/// an HTTP/2 preface) within `limit`.
-pub async fn detect(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
+/// Tells HTTP/1 from cleartext HTTP/2 by the first bytes, which it reads
+/// (a peek would cost a system call more per connection) and hands back
+/// for [`serve`] to give hyper first: an ordinary request usually arrives
+/// whole in this one read. `None`: the client closed, or sent nothing (or
+/// half an HTTP/2 preface) within `limit`.
+pub async fn detect(stream: &mut TcpStream, limit: Duration) -> Option<(Protocol, Vec<u8>)> {
     let look = async {
-        let mut buf = [0u8; H2_PREFACE.len()];
+        let mut first = Vec::with_capacity(FIRST_READ);
         loop {
-            let n = stream.peek(&mut buf).await.ok()?;
-            if n == 0 {
+            if stream.read_buf(&mut first).await.ok()? == 0 {
                 return None;
             }
-            if buf[..n] != H2_PREFACE[..n] {
-                return Some(Protocol::Http1);
+            let seen = first.len().min(H2_PREFACE.len());
+            if first[..seen] != H2_PREFACE[..seen] {
+                return Some((Protocol::Http1, first));
             }
-            if n == H2_PREFACE.len() {
-                return Some(Protocol::Http2);
+            if seen == H2_PREFACE.len() {
+                return Some((Protocol::Http2, first));
             }
-            // A strict prefix of the preface: peek would answer at once
-            // with the same bytes, so wait a little for the rest.
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
     tokio::time::timeout(limit, look).await.ok().flatten()
@@ -68,8 +69,14 @@ pub async fn detect(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
 /// HTTP/2 connections, not hyper-util's `auto` one: `detect` already knows
 /// the protocol, and `auto`'s connection is sized for HTTP/2's state even
 /// when it serves HTTP/1 (more memory per idle keep-alive connection).
-pub async fn serve<I>(io: I, protocol: Protocol, server: Arc<Server>, peer: Peer, closing: watch::Receiver<bool>)
-where
+/// `first`: bytes already read from `io`, served to hyper before it.
+pub async fn serve<I>(
+    io: I,
+    (protocol, first): (Protocol, Vec<u8>),
+    server: Arc<Server>,
+    peer: Peer,
+    closing: watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = server.config();
@@ -91,7 +98,7 @@ where
             Ok::<_, Infallible>(resp.map(|body| Counted { body, _open: open }))
         }
     });
-    let io = TokioIo::new(Watched { inner: io, reads: reads.clone() });
+    let io = TokioIo::new(Watched { inner: io, first, at: 0, reads: reads.clone() });
     match streams {
         None => {
             let timer = HeadTimer { header_read, idle, reads, used: AtomicBool::new(false) };
@@ -174,15 +181,30 @@ impl ReadClock {
     }
 }
 
-/// The client's stream, noting when bytes arrive.
+/// The client's stream, after the bytes `detect` read from it, noting when
+/// bytes arrive.
 struct Watched<I> {
     inner: I,
+    first: Vec<u8>,
+    /// How much of `first` has been read.
+    at: usize,
     reads: Arc<ReadClock>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.at < this.first.len() {
+            let n = buf.remaining().min(this.first.len() - this.at);
+            buf.put_slice(&this.first[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.first.len() {
+                this.first = Vec::new();
+                this.at = 0;
+            }
+            this.reads.reads.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {

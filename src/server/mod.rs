@@ -136,14 +136,14 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
 
 /// A cleartext connection: HTTP/1.1, or HTTP/2 with prior knowledge.
 async fn serve_cleartext(
-    stream: TcpStream,
+    mut stream: TcpStream,
     server: Arc<Server>,
     peer: Peer,
     closing: watch::Receiver<bool>,
     _counted: OpenConnection,
 ) {
-    let Some(protocol) = connection::detect(&stream, server.config().header_read_timeout).await else { return };
-    connection::serve(stream, protocol, server, peer, closing).await;
+    let Some(opening) = connection::detect(&mut stream, server.config().header_read_timeout).await else { return };
+    connection::serve(stream, opening, server, peer, closing).await;
 }
 
 /// A TLS connection: the handshake within its limit, then the protocol
@@ -166,7 +166,7 @@ async fn serve_tls(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    connection::serve(stream, protocol, server.clone(), peer, closing).await;
+    connection::serve(stream, (protocol, Vec::new()), server.clone(), peer, closing).await;
 }
 
 /// Counts an open client connection while it lives.
