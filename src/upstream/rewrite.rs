@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, Entry, HeaderValue};
 use http::{HeaderMap, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
@@ -130,14 +130,15 @@ pub fn prepare_request_headers(
     headers.remove(X_FORWARDED_USER);
     headers.remove(X_FORWARDED_EMAIL);
 
-    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            if let Ok(v) = HeaderValue::try_from(format!("{prior}, {}", down.peer)) {
-                headers.insert(X_FORWARDED_FOR, v);
-            }
+    // One lookup for the usual case, a client that sent none.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(down.peer_value.clone());
         }
-        None => {
-            headers.insert(X_FORWARDED_FOR, down.peer_value.clone());
+        // A value that is not text is replaced, not extended.
+        Entry::Occupied(mut prior) => {
+            let joined = prior.get().to_str().ok().map(|prior| format!("{prior}, {}", down.peer));
+            prior.insert(joined.and_then(|v| HeaderValue::try_from(v).ok()).unwrap_or_else(|| down.peer_value.clone()));
         }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(down.proto));
@@ -149,10 +150,11 @@ pub fn prepare_request_headers(
         headers.remove(FORWARDED);
         headers.remove(X_REAL_IP);
     }
-    headers.remove(&X_DAYTONA_AUTHORIZATION);
-    if let Target::Runner(runner) = target {
-        headers.insert(X_DAYTONA_AUTHORIZATION, runner.auth.clone());
-    }
+    // `insert` replaces every value a client sent.
+    match target {
+        Target::Runner(runner) => headers.insert(X_DAYTONA_AUTHORIZATION, runner.auth.clone()),
+        Target::Direct(_) => headers.remove(&X_DAYTONA_AUTHORIZATION),
+    };
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -313,12 +315,25 @@ mod tests {
         h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed.example.com"));
         h.insert(FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
         h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+        h.insert(X_DAYTONA_AUTHORIZATION, HeaderValue::from_static("Bearer forged"));
         prepare_request_headers(&mut h, &untrusted, &Target::Direct("127.0.0.1".into()), None);
         assert_eq!(h[X_FORWARDED_HOST], "3000-a.proxy.io");
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9", "the first hop is the peer");
         assert!(h.get(FORWARDED).is_none() && h.get(X_REAL_IP).is_none(), "an untrusted client's claims go");
         assert!(h.get(header::HOST).is_none(), "direct mode: set from the URI");
         assert!(h.get(X_DAYTONA_AUTHORIZATION).is_none());
+
+        // Several X-Forwarded-For fields: the first is extended, the rest
+        // go; one that is not text is replaced by the peer.
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("5.6.7.8"));
+        prepare_request_headers(&mut h, &untrusted, &runner(), None);
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["1.2.3.4, 10.0.0.9"]);
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        prepare_request_headers(&mut h, &untrusted, &runner(), None);
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["10.0.0.9"]);
     }
 
     #[test]
