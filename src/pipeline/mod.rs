@@ -255,7 +255,7 @@ impl Proxy {
         // (Python's http.server) must not cost the client its keep-alive.
         *resp.version_mut() = http::Version::HTTP_11;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            remove_hop_by_hop(resp.headers_mut());
+            remove_hop_by_hop(resp.headers_mut(), &[]);
         }
         if let Dest::Toolbox { sandbox_id, .. } = dest {
             if resp.status().is_redirection() {

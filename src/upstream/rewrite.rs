@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, Entry, HeaderValue};
+use http::header::{self, Entry, HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
@@ -118,7 +118,11 @@ pub fn prepare_request_headers(
     target: &Target,
     upgrade: Option<HeaderValue>,
 ) {
-    remove_hop_by_hop(headers);
+    // Only the proxy says who signed in; an untrusted client's own claims
+    // about where it comes from reach no app.
+    static ALWAYS: [HeaderName; 2] = [X_FORWARDED_USER, X_FORWARDED_EMAIL];
+    static UNTRUSTED: [HeaderName; 4] = [X_FORWARDED_USER, X_FORWARDED_EMAIL, FORWARDED, X_REAL_IP];
+    remove_hop_by_hop(headers, if down.trusted { &ALWAYS } else { &UNTRUSTED });
     match (down.host_header, target) {
         (UpstreamHost::Preview, _) => headers.insert(header::HOST, down.host.clone()),
         (UpstreamHost::Upstream, Target::Runner(runner)) => headers.insert(header::HOST, runner.host.clone()),
@@ -126,9 +130,6 @@ pub fn prepare_request_headers(
         (UpstreamHost::Upstream, Target::Direct(_)) => headers.remove(header::HOST),
     };
     join_cookies(headers);
-    // Only the proxy says who signed in.
-    headers.remove(X_FORWARDED_USER);
-    headers.remove(X_FORWARDED_EMAIL);
 
     // One lookup for the usual case, a client that sent none.
     match headers.entry(X_FORWARDED_FOR) {
@@ -144,11 +145,6 @@ pub fn prepare_request_headers(
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(down.proto));
     if !(down.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         headers.insert(X_FORWARDED_HOST, down.host.clone());
-    }
-    if !down.trusted {
-        // A client's own claims about where it comes from reach no app.
-        headers.remove(FORWARDED);
-        headers.remove(X_REAL_IP);
     }
     // `insert` replaces every value a client sent.
     match target {
@@ -177,7 +173,7 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// Prepares the upstream's response for the client.
 pub fn prepare_response_headers(resp: &mut Response<Incoming>) {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        remove_hop_by_hop(resp.headers_mut());
+        remove_hop_by_hop(resp.headers_mut(), &[]);
     }
 }
 
