@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use preview_proxy::config::{settings_from_env, settings_help, Config, ConfigError};
 use preview_proxy::control_plane::{signed_url, unix_now};
+use preview_proxy::pipeline::access_log::Lines;
 use preview_proxy::server::{self, StartError};
 
 const DEFAULT_CONFIG: &str = "config/proxy.toml";
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return bad_config(&e),
     };
-    let _log_writer = init_logging(config.json_logs);
+    let (access_lines, _log_writer) = init_logging(config.json_logs);
     let now = unix_now();
     let done: Option<anyhow::Result<()>> = match cli.command {
         None => None,
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
     }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let workers = config.workers;
-    match server::run_workers(config, workers) {
+    match server::run_workers(config, workers, access_lines) {
         Ok(()) => ExitCode::SUCCESS,
         Err(StartError::Config(e)) => bad_config(&e),
         Err(e) => {
@@ -109,21 +110,23 @@ fn main() -> ExitCode {
 /// `RUST_LOG` (default `info`) to stdout, as text or one JSON object a line.
 /// Lines are written by a thread of their own through a buffer, so a worker
 /// never waits on a `write` per access line; none is dropped (a writer that
-/// falls behind slows the workers instead). Keep the guard until exit: it
-/// flushes what is left.
-fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+/// falls behind slows the workers instead). Access lines go to the same
+/// writer, formatted by the proxy in the same form. Keep the guard until
+/// exit: it flushes what is left.
+fn init_logging(json: bool) -> (Lines, tracing_appender::non_blocking::WorkerGuard) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::BufWriter::new(std::io::stdout()));
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let lines = Lines::Written { json, out: writer.clone() };
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     if json {
         fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
     } else {
         fmt.with_ansi(ansi).init();
     }
-    guard
+    (lines, guard)
 }
 
 /// `RUST_LOG`, `info` when unset or unreadable. rustls's warnings are about

@@ -315,6 +315,23 @@ async fn access_lines_as_json_with_request_ids_and_one_shutdown_for_all_workers(
 }
 
 #[tokio::test]
+async fn access_lines_are_written_while_the_proxy_runs_not_only_at_exit() {
+    // Lines wait in a worker's buffer for a batch, but not past its
+    // deadline: a quiet proxy still shows its last request.
+    let app = common::App::start().await;
+    let registry = "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n";
+    let (child, addr, log, _dir) = spawn_with(proxy_command(), registry, "info").await;
+    let host = format!("{}-demo.preview.localhost", app.addr.port());
+    assert_eq!(get_raw(&addr, &host, "/quiet").await.0, 200);
+    let shown = || async { log.lock().unwrap().contains(" access: ") };
+    common::wait_for(shown).await;
+    assert!(log.lock().unwrap().contains("path=/quiet status=200"), "{}", log.lock().unwrap());
+    let status = tokio::task::spawn_blocking(move || sigterm_and_wait(child)).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(log.lock().unwrap().matches(" access: ").count(), 1, "written once");
+}
+
+#[tokio::test]
 async fn draining_answers_503_on_health_while_previews_still_work() {
     let app = common::App::start().await;
     let registry = "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n";

@@ -13,6 +13,7 @@ use http::Request;
 use http_body_util::BodyExt;
 use preview_proxy::config::Config;
 use preview_proxy::config::TlsFiles;
+use preview_proxy::pipeline::access_log::Lines;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -181,12 +182,13 @@ async fn missing_or_bad_certificates_are_start_up_errors_naming_the_file() {
     let mut config = s.config.clone();
     config.tls =
         Some(TlsFiles { default: Some(("/nonexistent/cert.pem".into(), "/nonexistent/key.pem".into())), dir: None });
-    let err = preview_proxy::server::Server::new(config).err().expect("start-up fails").to_string();
+    let err = preview_proxy::server::Server::new(config, Lines::Events).err().expect("start-up fails").to_string();
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
 
     std::fs::write(s.certs_dir.join("broken.crt"), "not a certificate").unwrap();
     std::fs::write(s.certs_dir.join("broken.key"), "not a key").unwrap();
-    let err = preview_proxy::server::Server::new(s.config.clone()).err().expect("start-up fails").to_string();
+    let err =
+        preview_proxy::server::Server::new(s.config.clone(), Lines::Events).err().expect("start-up fails").to_string();
     assert!(err.contains("broken"), "{err}");
 }
 

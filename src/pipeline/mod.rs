@@ -341,7 +341,7 @@ impl Proxy {
         let port = ctx.port.map(Port::get);
         Record {
             id: ctx.request_id.clone(),
-            client: ctx.peer.ip(),
+            client: ctx.peer_value.clone(),
             method: ctx.method.clone(),
             path: ctx.path.clone().unwrap_or_default(),
             status: status.as_u16(),
@@ -351,6 +351,7 @@ impl Proxy {
             started: ctx.started,
             upstream: ctx.upstream,
             bytes_in: ctx.bytes_in.clone().unwrap_or_default(),
+            lines: self.shared.access_lines.clone(),
         }
     }
 }

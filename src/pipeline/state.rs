@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::access_log::Lines;
 use super::auth_cookie::CookieSigner;
 use super::warning_page::WarningPage;
 use crate::config::{Config, ConfigError};
@@ -50,6 +51,8 @@ pub struct Shared {
     /// Access lines are on and the log filter lets them through (checked
     /// once: a record is not gathered for a line nobody writes).
     pub(super) access_log: bool,
+    /// Where they go.
+    pub(super) access_lines: Arc<Lines>,
     /// Shutdown has begun: `/health` says so.
     pub(super) draining: AtomicBool,
 }
@@ -65,7 +68,7 @@ impl Proxy {
     /// Builds the proxy: the Daytona API when `DAYTONA_API_URL` is set, the
     /// embedded registry (watched for changes) otherwise. Must run inside a
     /// Tokio runtime.
-    pub fn new(config: Config) -> Result<Proxy, ConfigError> {
+    pub fn new(config: Config, access_lines: Lines) -> Result<Proxy, ConfigError> {
         let metrics = Arc::new(Metrics::default());
         let control_plane = Arc::new(match &config.api_url {
             Some(_) => ControlPlane::Api(Box::new(DaytonaApi::new(&config, metrics.clone())?)),
@@ -109,6 +112,7 @@ impl Proxy {
             health: Bytes::from(health),
             draining: AtomicBool::new(false),
             access_log: config.access_log && tracing::enabled!(target: "access", tracing::Level::INFO),
+            access_lines: Arc::new(access_lines),
             config,
         };
         Ok(Proxy { pool: Pool::new(&shared.config, &shared.metrics), shared: Arc::new(shared) })

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
 use crate::control_plane::ControlPlane;
+use crate::pipeline::access_log::Lines;
 use crate::pipeline::{Peer, Proxy};
 use crate::upstream::tunnel::Tunnels;
 use tls::Tls;
@@ -33,7 +34,8 @@ pub struct Server {
 impl Server {
     /// Builds the pipeline and loads the certificates. Must run inside a
     /// Tokio runtime.
-    pub fn new(config: Config) -> Result<Server, ConfigError> {
+    /// `access_lines`: where the access log goes.
+    pub fn new(config: Config, access_lines: Lines) -> Result<Server, ConfigError> {
         let tls = match &config.tls {
             Some(files) => {
                 let tls =
@@ -43,7 +45,7 @@ impl Server {
             }
             None => None,
         };
-        Ok(Server { proxy: Proxy::new(config)?, tls })
+        Ok(Server { proxy: Proxy::new(config, access_lines)?, tls })
     }
 
     /// Another worker: the same shared state, its own upstream pool.

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use super::{run, Server};
 use crate::config::{Config, ConfigError};
+use crate::pipeline::access_log::{self, Lines};
 
 /// Why the proxy could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +35,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
 /// its own `SO_REUSEPORT` listener and upstream pool (thread per core, as
 /// nginx's worker processes): no request crosses threads. Stops on
 /// SIGTERM/SIGINT once every worker has drained.
-pub fn run_workers(config: Config, workers: usize) -> Result<(), StartError> {
+pub fn run_workers(config: Config, workers: usize, access_lines: Lines) -> Result<(), StartError> {
     let workers = workers.max(1);
     let listen = config.listen();
     let first = reuseport_listener(listen).map_err(|e| {
@@ -51,7 +52,7 @@ pub fn run_workers(config: Config, workers: usize) -> Result<(), StartError> {
     let main_rt = runtime()?;
     // Background tasks (registry watcher, activity keep-alive) live on the
     // first worker's runtime.
-    let server = main_rt.block_on(async { Server::new(config) })?;
+    let server = main_rt.block_on(async { Server::new(config, access_lines) })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let signal = {
         let _runtime = main_rt.enter();
@@ -73,13 +74,16 @@ pub fn run_workers(config: Config, workers: usize) -> Result<(), StartError> {
         let thread = std::thread::Builder::new()
             .name(format!("worker-{}", i + 1))
             .spawn(move || {
-                rt.block_on(async move {
+                let served = rt.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
                     run(listener, Arc::new(worker), async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     })
                     .await
-                })
+                });
+                drop(rt);
+                access_log::flush();
+                served
             })
             .map_err(io("starting a worker thread"))?;
         threads.push(thread);
@@ -127,6 +131,8 @@ pub fn run_workers(config: Config, workers: usize) -> Result<(), StartError> {
     for thread in threads {
         thread.join().map_err(|_| StartError::WorkerPanicked)?.map_err(io("serving"))?;
     }
+    drop(main_rt);
+    access_log::flush();
     tracing::info!("preview-proxy stopped");
     result.map_err(io("serving"))
 }

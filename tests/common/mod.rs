@@ -20,6 +20,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use preview_proxy::config::Config;
+use preview_proxy::pipeline::access_log::Lines;
 use preview_proxy::server::Server;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -92,7 +93,7 @@ impl TestProxy {
     pub async fn start(config: Config) -> TestProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let proxy = Arc::new(Server::new(config).expect("proxy starts"));
+        let proxy = Arc::new(Server::new(config, Lines::Events).expect("proxy starts"));
         let (tx, rx) = oneshot::channel::<()>();
         let done = tokio::spawn(preview_proxy::server::run(listener, proxy.clone(), async move {
             let _ = rx.await;
