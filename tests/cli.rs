@@ -332,6 +332,26 @@ async fn access_lines_are_written_while_the_proxy_runs_not_only_at_exit() {
 }
 
 #[tokio::test]
+async fn a_failed_request_names_its_id_at_warn_too() {
+    // At `RUST_LOG=warn` the request's span is off; the warning carries
+    // the id itself, so it can be matched with what the client saw.
+    let registry = "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n";
+    // (The start-up line, which says the address, is let through.)
+    let level = "warn,preview_proxy::server::workers=info";
+    let (child, addr, log, _dir) = spawn_with(proxy_command(), registry, level).await;
+    // Port 1 answers nothing: a 502.
+    let (status, answer) = get_raw(&addr, "1-demo.preview.localhost", "/").await;
+    assert_eq!(status, 502, "{answer}");
+    let id = answer.lines().find_map(|l| l.strip_prefix("x-request-id: ")).expect("an X-Request-Id").trim().to_string();
+    let status = tokio::task::spawn_blocking(move || sigterm_and_wait(child)).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = log.lock().unwrap().clone();
+    let line = log.lines().find(|l| l.contains("request failed")).unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(line.contains(&format!("id={id}")), "{line}");
+    assert_eq!(line.matches(&id).count(), 1, "named once: {line}");
+}
+
+#[tokio::test]
 async fn draining_answers_503_on_health_while_previews_still_work() {
     let app = common::App::start().await;
     let registry = "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n";

@@ -57,7 +57,8 @@ impl Proxy {
             true => self.phases(req, &mut ctx).await,
             false => self.phases(req, &mut ctx).instrument(span.clone()).await,
         };
-        let mut resp = span.in_scope(|| result.unwrap_or_else(|err| self.error_page(err, &mut ctx)));
+        let untraced = span.is_disabled();
+        let mut resp = span.in_scope(|| result.unwrap_or_else(|err| self.error_page(err, &mut ctx, untraced)));
         ctx.cors.apply(resp.headers_mut());
         resp.headers_mut().insert(X_REQUEST_ID, ctx.request_id.clone());
         // 7. Log.
@@ -311,14 +312,20 @@ impl Proxy {
             && !wake::is_bot(headers)
     }
 
-    /// The proxy's own answer for `err`, counted.
-    fn error_page(&self, err: ProxyError, ctx: &mut RequestCtx) -> Response<Body> {
+    /// The proxy's own answer for `err`, counted. `untraced`: the request's
+    /// span is off (`RUST_LOG=warn`), so the warning names the request id
+    /// itself.
+    fn error_page(&self, err: ProxyError, ctx: &mut RequestCtx, untraced: bool) -> Response<Body> {
         ctx.outcome = Some(err.code());
         // The host is never logged: its key may be a signed token.
         let (method, status, code) = (&ctx.method, err.status().as_u16(), err.code());
         let port = ctx.port.map(Port::get);
         if err.status().is_server_error() {
-            tracing::warn!(%method, status, code, ?port, error = %err, "request failed");
+            let id = ctx.request_id.to_str().unwrap_or("-");
+            match untraced {
+                true => tracing::warn!(id = %id, %method, status, code, ?port, error = %err, "request failed"),
+                false => tracing::warn!(%method, status, code, ?port, error = %err, "request failed"),
+            }
         } else {
             tracing::debug!(%method, status, code, ?port, "request refused");
         }
