@@ -7,6 +7,7 @@ pub mod auth;
 pub mod auth_cookie;
 pub mod cors;
 mod ctx;
+mod log_line;
 mod login;
 mod own_routes;
 mod state;
