@@ -26,7 +26,10 @@ pub enum Lines {
 /// the end. `to` is [`Lines::Written`].
 pub fn write(to: &Arc<Lines>, fill: impl FnOnce(&mut Fields<'_>)) {
     let Lines::Written { json, .. } = **to else { return };
-    PENDING.with_borrow_mut(|pending| {
+    // `try_with`: a thread being torn down has no buffer left, and a line
+    // dropped then must not panic.
+    let _ = PENDING.try_with(|pending| {
+        let pending = &mut *pending.borrow_mut();
         if !pending.to.as_ref().is_some_and(|current| Arc::ptr_eq(current, to)) {
             // Another writer's lines (only ever in tests) go first.
             pending.send();
@@ -88,7 +91,7 @@ impl Pending {
 /// Hands this thread's waiting access lines to the writer. A worker calls
 /// it once its runtime is gone, so no line is lost at exit.
 pub fn flush() {
-    PENDING.with_borrow_mut(Pending::send);
+    let _ = PENDING.try_with(|pending| pending.borrow_mut().send());
 }
 
 /// The time as `tracing-subscriber` prints it (`2026-11-23T20:01:20.490342Z`),
