@@ -244,6 +244,10 @@ pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: impl Fn(IpAdd
 }
 
 /// The authenticate phase of [`Proxy::handle`].
+/// The sandbox id a request may reach (or why not), and its runner when it
+/// was looked up at the same time.
+type Authenticated<'d> = (Result<Cow<'d, str>, ProxyError>, Option<Result<Target, LookupError>>);
+
 impl Proxy {
     /// Authenticate: takes the credentials and control headers out of the
     /// request, then, for a private sandbox or a reserved port, accepts the
@@ -321,7 +325,7 @@ impl Proxy {
         parts: &mut Parts,
         dest: &'d Dest,
         ctx: &mut RequestCtx,
-    ) -> (Result<Cow<'d, str>, ProxyError>, Option<Result<Target, LookupError>>) {
+    ) -> Authenticated<'d> {
         let key = dest.key();
         let control_plane = &self.shared.control_plane;
         let prefetch = match dest {
@@ -343,7 +347,7 @@ impl Proxy {
         parts: &mut Parts,
         dest: &'d Dest,
         ctx: &mut RequestCtx,
-    ) -> (Result<Cow<'d, str>, ProxyError>, Option<Result<Target, LookupError>>) {
+    ) -> Authenticated<'d> {
         let key = dest.key();
         let control_plane = &self.shared.control_plane;
         let mut auth = std::pin::pin!(self.authenticate(parts, dest, ctx, None));
