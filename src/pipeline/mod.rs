@@ -27,7 +27,7 @@ use crate::http::{is_upgrade, is_websocket_upgrade, remove_hop_by_hop, X_REQUEST
 use crate::http::{X_FORWARDED_EMAIL, X_FORWARDED_USER};
 use crate::upstream::body::{is_streaming, UpstreamBody};
 use crate::upstream::limit::Holds;
-use crate::upstream::pool::{Lease, Replay};
+use crate::upstream::pool::{Lease, Outgoing};
 use crate::upstream::request_body::ClientBody;
 use crate::upstream::rewrite::{self, Downstream};
 use crate::upstream::{wake, Body};
@@ -103,7 +103,7 @@ impl Proxy {
         let direct = matches!(target, Target::Direct(_));
         let (limit, counts) = (self.shared.config.request_body_timeout, self.shared.metrics.local().clone());
         let body = ClientBody::new(body, limit, ctx.bytes_in.clone(), counts);
-        let out = Request::from_parts(parts, Either::Left(body));
+        let out = self.pool.address(Request::from_parts(parts, Either::Left(body)), dest.port(), direct)?;
         let timeout = self.shared.config.upstream_timeout;
         let sent = std::time::Instant::now();
         let (resp, lease, replay) = self.pool.send(out, timeout, dest.port(), direct).await?;
@@ -118,8 +118,8 @@ impl Proxy {
             (Err(ProxyError::SandboxStarting(_)), Some(replay)) if self.may_hold(&replay) => {
                 let hold = self.shared.config.wake_hold;
                 wake::hold(&self.shared.control_plane, &sandbox_id, hold).await?;
-                let sent = self.pool.resend(replay, timeout, dest.port(), direct).await?;
-                self.response_filter(sent, &dest, &sandbox_id, direct, None, ctx).await
+                let (resp, lease, _) = self.pool.send(replay, timeout, dest.port(), direct).await?;
+                self.response_filter((resp, lease), &dest, &sandbox_id, direct, None, ctx).await
             }
             (answer, _) => answer,
         }
@@ -209,7 +209,7 @@ impl Proxy {
         dest: &Dest,
         sandbox_id: &str,
         direct: bool,
-        replay: Option<&Replay>,
+        replay: Option<&Outgoing>,
         ctx: &mut RequestCtx,
     ) -> Result<Response<Body>, ProxyError> {
         let port = dest.port();
@@ -306,7 +306,7 @@ impl Proxy {
     /// Whether a request may wait for its sandbox to come up: it has no
     /// body (it has a replay copy), holding is on, and it is neither a
     /// browser navigation (that gets the page that reloads itself) nor a bot.
-    fn may_hold(&self, replay: &Replay) -> bool {
+    fn may_hold(&self, replay: &Outgoing) -> bool {
         let headers = replay.headers();
         !self.shared.config.wake_hold.is_zero()
             && !warning_page::is_browser_navigation(&http::Method::GET, headers, false)

@@ -101,13 +101,14 @@ impl Drop for Slot {
     }
 }
 
-/// A request's head (it had no body), kept to send it again.
-pub struct Replay {
+/// A request addressed to its upstream ([`Pool::address`]), or the copy of
+/// one without a body, kept to send it again.
+pub struct Outgoing {
     key: Key,
     req: Request<RequestBody>,
 }
 
-impl Replay {
+impl Outgoing {
     pub fn headers(&self) -> &http::HeaderMap {
         self.req.headers()
     }
@@ -179,20 +180,9 @@ impl Pool {
         }
     }
 
-    /// Sends the request and waits for the response head, within `timeout`.
-    /// A request that provably never left is sent again on a new connection;
-    /// one that may have left is sent again only when it is safe to replay
-    /// (idempotent, no body, not an upgrade) and the upstream closed the
-    /// connection without answering: a pooled connection gone stale, or an
-    /// upstream over its connection limit closing new ones (nginx retries
-    /// idempotent requests alike).
-    pub async fn send(
-        &self,
-        req: Request<RequestBody>,
-        timeout: Duration,
-        port: Port,
-        direct: bool,
-    ) -> Result<(Response<Incoming>, Lease, Option<Replay>), ProxyError> {
+    /// The request addressed to its upstream: the pool's key, and the
+    /// request line in origin form with a `Host`.
+    pub fn address(&self, mut req: Request<RequestBody>, port: Port, direct: bool) -> Result<Outgoing, ProxyError> {
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             // Started here, on the worker's own runtime, at the first request.
             tokio::spawn(sweep(Arc::downgrade(&self.idle)));
@@ -201,40 +191,32 @@ impl Pool {
             Some(authority) => Key { https: req.uri().scheme() == Some(&Scheme::HTTPS), authority: authority.clone() },
             None => return Err(classify(Failure::Connect("no upstream host".into()), port, direct)),
         };
-        let mut req = req;
         if !req.headers().contains_key(HOST) {
             if let Ok(host) = HeaderValue::from_str(key.authority.as_str()) {
                 req.headers_mut().insert(HOST, host);
             }
         }
         *req.uri_mut() = origin_form(req.uri());
-        self.send_to(key, req, timeout, port, direct).await
+        Ok(Outgoing { key, req })
     }
 
-    /// Sends a request again from its [`Replay`] copy (a sandbox that was
-    /// woken up meanwhile).
-    pub async fn resend(
+    /// Sends the request and waits for the response head, within `timeout`.
+    /// A request that provably never left is sent again on a new connection;
+    /// one that may have left is sent again only when it is safe to replay
+    /// (idempotent, no body, not an upgrade) and the upstream closed the
+    /// connection without answering: a pooled connection gone stale, or an
+    /// upstream over its connection limit closing new ones (nginx retries
+    /// idempotent requests alike). A request that can be replayed comes
+    /// back as a copy (the one made for a stale connection's retry, so it
+    /// costs nothing more), to send again once a sandbox is woken up.
+    pub async fn send(
         &self,
-        replay: Replay,
+        out: Outgoing,
         timeout: Duration,
         port: Port,
         direct: bool,
-    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
-        let (resp, lease, _) = self.send_to(replay.key, replay.req, timeout, port, direct).await?;
-        Ok((resp, lease))
-    }
-
-    /// [`Pool::send`] once the request is in origin form for `key`. A
-    /// request that can be replayed comes back as a [`Replay`] (the copy
-    /// made for a stale connection's retry, so it costs nothing more).
-    async fn send_to(
-        &self,
-        key: Key,
-        req: Request<RequestBody>,
-        timeout: Duration,
-        port: Port,
-        direct: bool,
-    ) -> Result<(Response<Incoming>, Lease, Option<Replay>), ProxyError> {
+    ) -> Result<(Response<Incoming>, Lease, Option<Outgoing>), ProxyError> {
+        let Outgoing { key, req } = out;
         let attempt = async {
             let mut replay = replayable(&req).then(|| copy_head(&req));
             let (again, error) = match self.send_once(&key, req, true).await {
@@ -251,7 +233,7 @@ impl Pool {
             Ok((resp, lease, None))
         };
         match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok((resp, lease, replay))) => Ok((resp, lease, replay.map(|req| Replay { key, req }))),
+            Ok(Ok((resp, lease, replay))) => Ok((resp, lease, replay.map(|req| Outgoing { key, req }))),
             Ok(Err(failure)) => Err(classify(failure, port, direct)),
             Err(_) => Err(ProxyError::UpstreamTimeout(port)),
         }
