@@ -16,7 +16,7 @@ use crate::control_plane::{unix_now, ControlPlane, LookupError, Prefetch, Target
 use crate::error::{AuthMethod, Denied, Outcome, ProxyError};
 use crate::http::escape::percent_decode;
 use crate::http::host::{self, Port};
-use crate::http::{X_DAYTONA_PREVIEW_TOKEN, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE, X_FORWARDED_FOR};
+use crate::http::X_FORWARDED_FOR;
 
 /// Query parameter carrying the preview token (browsers cannot set headers
 /// on `new WebSocket()` or iframes).
@@ -35,11 +35,17 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Takes the proxy's credentials out of the request: the preview-token
-    /// header, the query parameter (the rest of the query kept byte for
-    /// byte) and the proxy's own cookies. Returns the new path and query when
-    /// it changed.
-    pub fn take(headers: &mut http::HeaderMap, path_and_query: &str, key: &str) -> (Credentials, Option<String>) {
+    /// Takes the proxy's credentials out of the request: the query
+    /// parameter (the rest of the query kept byte for byte) and the proxy's
+    /// own cookies. `preview_token`: the `X-Daytona-Preview-Token` header,
+    /// already taken out with the other control headers. Returns the new
+    /// path and query when it changed.
+    pub fn take(
+        headers: &mut http::HeaderMap,
+        preview_token: Option<HeaderValue>,
+        path_and_query: &str,
+        key: &str,
+    ) -> (Credentials, Option<String>) {
         let mut creds = Credentials {
             bearer: headers
                 .get(AUTHORIZATION)
@@ -47,8 +53,7 @@ impl Credentials {
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty()),
-            preview_token: headers
-                .remove(X_DAYTONA_PREVIEW_TOKEN)
+            preview_token: preview_token
                 .and_then(|v| v.to_str().ok().map(|t| t.trim().to_string()))
                 .filter(|t| !t.is_empty()),
             ..Credentials::default()
@@ -266,14 +271,10 @@ impl Proxy {
             ctx.key = Some(key.to_string());
         }
         let original = dest.path_and_query(&parts.uri);
-        let (mut creds, stripped) = Credentials::take(&mut parts.headers, original, key);
+        let (mut creds, stripped) = Credentials::take(&mut parts.headers, ctx.preview_token.take(), original, key);
         if let Some(pq) = stripped {
             ctx.path_and_query = Some(pq);
         }
-        ctx.skip_activity = parts
-            .headers
-            .remove(X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let needs_auth = match dest {
             Dest::Preview(host) if host.port().is_reserved() => true,
             Dest::Preview(host) => match known_public {
@@ -395,19 +396,22 @@ mod tests {
     fn credentials_are_taken_out() {
         let mut h = http::HeaderMap::new();
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer api-key"));
-        h.insert(X_DAYTONA_PREVIEW_TOKEN, HeaderValue::from_static("tok"));
         h.append(
             COOKIE,
             HeaderValue::from_static("app=1; daytona-sandbox-auth-sbx=signed; daytona-preview-page-accepted=true"),
         );
         h.append(COOKIE, HeaderValue::from_static("daytona-sandbox-auth-other=x"));
-        let (c, target) = Credentials::take(&mut h, "/p?x=1&DAYTONA_SANDBOX_AUTH_KEY=q", "sbx");
+        let (c, target) = Credentials::take(
+            &mut h,
+            Some(HeaderValue::from_static(" tok ")),
+            "/p?x=1&DAYTONA_SANDBOX_AUTH_KEY=q",
+            "sbx",
+        );
         assert_eq!(c.bearer.as_deref(), Some("api-key"));
         assert_eq!(c.preview_token.as_deref(), Some("tok"));
         assert_eq!(c.query_key.as_deref(), Some("q"));
         assert_eq!(c.cookie.as_deref(), Some("signed"));
         assert_eq!(target.as_deref(), Some("/p?x=1"));
-        assert!(h.get(X_DAYTONA_PREVIEW_TOKEN).is_none());
         assert_eq!(h.get_all(COOKIE).iter().collect::<Vec<_>>(), ["app=1"]);
         assert!(h.contains_key(AUTHORIZATION), "the bearer goes only once accepted");
     }

@@ -10,8 +10,6 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method};
 
-use crate::http::X_DAYTONA_DISABLE_CORS;
-
 const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS");
 /// A preflight answer depends on what was asked, not only on the origin.
 const PREFLIGHT_VARY: HeaderValue =
@@ -30,12 +28,10 @@ pub enum Cors {
 }
 
 impl Cors {
-    /// Reads the request's CORS facts and removes `X-Daytona-Disable-CORS`.
-    /// `scheme` and `host` are what the client used (`Host` or
-    /// `:authority`): an `Origin` equal to them is same-origin.
-    pub fn take(headers: &mut HeaderMap, scheme: &str, host: Option<&HeaderValue>) -> Cors {
-        let disabled =
-            headers.remove(X_DAYTONA_DISABLE_CORS).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+    /// Reads the request's CORS facts. `scheme` and `host` are what the
+    /// client used (`Host` or `:authority`): an `Origin` equal to them is
+    /// same-origin. `disabled`: the client sent `X-Daytona-Disable-CORS: true`.
+    pub fn new(headers: &HeaderMap, scheme: &str, host: Option<&HeaderValue>, disabled: bool) -> Cors {
         match headers.get(ORIGIN) {
             Some(origin) if !disabled && !is_same_origin(origin, scheme, host) => Cors::On { origin: origin.clone() },
             _ => Cors::Off,
@@ -103,8 +99,8 @@ mod tests {
 
     #[test]
     fn origin_is_echoed_with_credentials() {
-        let mut req = headers(&[("origin", "https://app.example.com")]);
-        let cors = Cors::take(&mut req, "https", None);
+        let req = headers(&[("origin", "https://app.example.com")]);
+        let cors = Cors::new(&req, "https", None, false);
         let mut out = headers(&[
             ("access-control-allow-origin", "http://localhost:8082"),
             ("access-control-allow-credentials", "false"),
@@ -128,30 +124,27 @@ mod tests {
             ("https://other.io", "https", true),
         ];
         for (origin, scheme, cross) in table {
-            let mut req = headers(&[("origin", origin)]);
-            let cors = Cors::take(&mut req, scheme, Some(&host));
+            let req = headers(&[("origin", origin)]);
+            let cors = Cors::new(&req, scheme, Some(&host), false);
             assert_eq!(matches!(cors, Cors::On { .. }), cross, "{origin}");
         }
     }
 
     #[test]
-    fn disable_header_turns_cors_off_and_is_removed() {
-        let mut req = headers(&[("origin", "https://a"), ("x-daytona-disable-cors", "TRUE")]);
-        assert_eq!(Cors::take(&mut req, "https", None), Cors::Off);
-        assert!(!req.contains_key(X_DAYTONA_DISABLE_CORS));
-        let mut req = headers(&[("origin", "https://a"), ("x-daytona-disable-cors", "false")]);
-        assert!(matches!(Cors::take(&mut req, "https", None), Cors::On { .. }));
-        assert!(!req.contains_key(X_DAYTONA_DISABLE_CORS));
+    fn disabled_cors_is_off() {
+        let req = headers(&[("origin", "https://a")]);
+        assert_eq!(Cors::new(&req, "https", None, true), Cors::Off);
+        assert!(matches!(Cors::new(&req, "https", None, false), Cors::On { .. }));
     }
 
     #[test]
     fn preflight_detection_and_answer() {
-        let mut req = headers(&[
+        let req = headers(&[
             ("origin", "https://a"),
             ("access-control-request-method", "PUT"),
             ("access-control-request-headers", "x-custom, content-type"),
         ]);
-        let cors = Cors::take(&mut req, "https", None);
+        let cors = Cors::new(&req, "https", None, false);
         assert!(cors.is_preflight(&Method::OPTIONS, &req));
         assert!(!cors.is_preflight(&Method::GET, &req));
         let mut out = HeaderMap::new();
@@ -166,7 +159,7 @@ mod tests {
             assert!(vary.iter().any(|x| x.contains(v)), "Vary lacks {v}: {vary:?}");
         }
         // Without Origin it is not a CORS preflight.
-        let mut plain = headers(&[("access-control-request-method", "PUT")]);
-        assert!(!Cors::take(&mut plain, "https", None).is_preflight(&Method::OPTIONS, &plain));
+        let plain = headers(&[("access-control-request-method", "PUT")]);
+        assert!(!Cors::new(&plain, "https", None, false).is_preflight(&Method::OPTIONS, &plain));
     }
 }

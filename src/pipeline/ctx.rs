@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::HOST;
-use http::{HeaderValue, Method, Request, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
@@ -15,6 +15,7 @@ use super::cors::Cors;
 use crate::error::{wants_html, AuthMethod};
 use crate::http::host::{Port, PreviewHost};
 use crate::http::{is_websocket_upgrade, X_REQUEST_ID};
+use crate::http::{X_DAYTONA_DISABLE_CORS, X_DAYTONA_PREVIEW_TOKEN, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE};
 use crate::upstream::limit::Permit;
 use crate::upstream::rewrite::Route;
 
@@ -59,6 +60,8 @@ pub struct RequestCtx {
     pub user: Option<super::auth_cookie::User>,
     /// `X-Daytona-Skip-Last-Activity-Update: true` was sent.
     pub skip_activity: bool,
+    /// `X-Daytona-Preview-Token`, taken out of the request.
+    pub preview_token: Option<HeaderValue>,
     /// The path and query to forward when taking credentials out changed it.
     pub path_and_query: Option<String>,
     /// The auth cookie to set on the answer.
@@ -86,7 +89,7 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    /// Reads what every phase needs; takes the CORS control header out.
+    /// Reads what every phase needs; takes Daytona's control headers out.
     /// `scheme` is the one users see (`PROXY_PROTOCOL`); `log`: the access
     /// log is on. A trusted peer's `X-Request-Id` is kept.
     pub fn new(req: &mut Request<Incoming>, peer: &super::Peer, scheme: &str, log: bool) -> RequestCtx {
@@ -98,7 +101,8 @@ impl RequestCtx {
         // Only WebSocket upgrades are tunnelled: any other `Upgrade` (h2c)
         // is dropped with the hop-by-hop headers and served as plain HTTP.
         let client_upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut *req));
-        let cors = Cors::take(req.headers_mut(), scheme, host.as_ref());
+        let control = Control::take(req.headers_mut());
+        let cors = Cors::new(req.headers(), scheme, host.as_ref(), control.disable_cors);
         let sent = req.headers().get(X_REQUEST_ID).filter(|v| trusted && is_request_id(v.as_bytes()));
         let request_id = match sent {
             Some(id) => id.clone(),
@@ -121,7 +125,8 @@ impl RequestCtx {
             port: None,
             auth: None,
             user: None,
-            skip_activity: false,
+            skip_activity: control.skip_activity,
+            preview_token: control.preview_token,
             path_and_query: None,
             set_cookie: None,
             client_upgrade,
@@ -134,6 +139,31 @@ impl RequestCtx {
             bytes_in: logged.then(Arc::default),
             permit: None,
             outcome: None,
+        }
+    }
+}
+
+/// Daytona's control headers (SPEC 3), taken out of the request at once:
+/// none of them reaches the app.
+#[derive(Default)]
+struct Control {
+    disable_cors: bool,
+    skip_activity: bool,
+    preview_token: Option<HeaderValue>,
+}
+
+impl Control {
+    fn take(headers: &mut HeaderMap) -> Control {
+        // Most requests carry none: one pass over the names costs less than
+        // hashing three long names to look each up (callgrind).
+        if !headers.keys().any(|name| name.as_str().starts_with("x-daytona-")) {
+            return Control::default();
+        }
+        let is_true = |v: Option<HeaderValue>| v.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        Control {
+            disable_cors: is_true(headers.remove(X_DAYTONA_DISABLE_CORS)),
+            skip_activity: is_true(headers.remove(X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE)),
+            preview_token: headers.remove(X_DAYTONA_PREVIEW_TOKEN),
         }
     }
 }
@@ -193,6 +223,39 @@ impl Dest {
         match self {
             Dest::Preview(_) => uri.path_and_query().map_or("/", |pq| pq.as_str()),
             Dest::Toolbox { path_and_query, .. } => path_and_query,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn control_headers_are_read_and_taken_out() {
+        let table = [
+            (vec![("x-daytona-disable-cors", "TRUE")], (true, false, None)),
+            (vec![("x-daytona-disable-cors", "false")], (false, false, None)),
+            (vec![("x-daytona-skip-last-activity-update", "true")], (false, true, None)),
+            (vec![("x-daytona-preview-token", "tok"), ("cookie", "a=1")], (false, false, Some("tok"))),
+            (vec![("x-daytona-other", "1"), ("origin", "https://a")], (false, false, None)),
+            (vec![("origin", "https://a")], (false, false, None)),
+        ];
+        for (pairs, (cors, skip, token)) in table {
+            let mut h = headers(&pairs);
+            let control = Control::take(&mut h);
+            assert_eq!(control.disable_cors, cors, "{pairs:?}");
+            assert_eq!(control.skip_activity, skip, "{pairs:?}");
+            assert_eq!(control.preview_token.as_ref().map(|v| v.to_str().unwrap()), token, "{pairs:?}");
+            for name in [X_DAYTONA_DISABLE_CORS, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE, X_DAYTONA_PREVIEW_TOKEN] {
+                assert!(!h.contains_key(&name), "{name} reaches the app: {pairs:?}");
+            }
+            let kept = pairs.iter().filter(|(k, _)| !k.starts_with("x-daytona-") || *k == "x-daytona-other");
+            assert_eq!(h.len(), kept.count(), "{pairs:?}");
         }
     }
 }
