@@ -265,30 +265,36 @@ impl hyper::rt::Timer for HeadTimer {
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
         match sleep.as_mut().downcast_mut_pin::<HeadSleep>() {
-            Some(mut head) => {
-                head.started = new_deadline - self.header_read;
-                head.keep_alive = true;
-                head.reads_at_start = self.reads.reads();
-                head.first_byte = None;
+            Some(head) => {
+                let head = head.project();
+                *head.started = new_deadline - self.header_read;
+                *head.keep_alive = true;
+                *head.reads_at_start = self.reads.reads();
+                *head.first_byte = None;
             }
             None => *sleep = self.sleep_until(new_deadline),
         }
     }
 }
 
-struct HeadSleep {
-    /// When hyper began waiting for a request.
-    started: Instant,
-    header_read: Duration,
-    idle: Duration,
-    /// Waiting for a request after the first.
-    keep_alive: bool,
-    /// The read count when the wait began.
-    reads_at_start: u64,
-    /// When that request's first byte was noticed.
-    first_byte: Option<Instant>,
-    reads: Arc<ReadClock>,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+pin_project_lite::pin_project! {
+    /// hyper's wait for a request head (one per request): its `Sleep` is
+    /// kept inline, one allocation a request fewer than boxing it.
+    struct HeadSleep {
+        // When hyper began waiting for a request.
+        started: Instant,
+        header_read: Duration,
+        idle: Duration,
+        // Waiting for a request after the first.
+        keep_alive: bool,
+        // The read count when the wait began.
+        reads_at_start: u64,
+        // When that request's first byte was noticed.
+        first_byte: Option<Instant>,
+        reads: Arc<ReadClock>,
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
 }
 
 impl HeadSleep {
@@ -301,7 +307,7 @@ impl HeadSleep {
             reads_at_start: timer.reads.reads(),
             first_byte: None,
             reads: timer.reads.clone(),
-            sleep: Box::pin(tokio::time::sleep_until((started + header_read).into())),
+            sleep: tokio::time::sleep_until((started + header_read).into()),
         }
     }
 }
@@ -310,19 +316,19 @@ impl Future for HeadSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        if this.keep_alive && this.first_byte.is_none() && this.reads.reads() != this.reads_at_start {
-            this.first_byte = Some(Instant::now());
+        let mut this = self.project();
+        if *this.keep_alive && this.first_byte.is_none() && this.reads.reads() != *this.reads_at_start {
+            *this.first_byte = Some(Instant::now());
         }
-        let deadline = match (this.keep_alive, this.first_byte) {
-            (false, _) => this.started + this.header_read,
-            (true, None) => this.started + this.idle,
-            (true, Some(first)) => first + this.header_read,
+        let deadline = match (*this.keep_alive, *this.first_byte) {
+            (false, _) => *this.started + *this.header_read,
+            (true, None) => *this.started + *this.idle,
+            (true, Some(first)) => first + *this.header_read,
         };
         if this.sleep.deadline() != deadline.into() {
             this.sleep.as_mut().reset(deadline.into());
         }
-        this.sleep.as_mut().poll(cx)
+        this.sleep.poll(cx)
     }
 }
 
