@@ -254,8 +254,9 @@ pub fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: impl Fn(IpAdd
 type Authenticated<'d> = (Result<Cow<'d, str>, ProxyError>, Option<Result<Target, LookupError>>);
 
 impl Proxy {
-    /// Authenticate: takes the credentials and control headers out of the
-    /// request, then, for a private sandbox or a reserved port, accepts the
+    /// Authenticate: takes the credentials out of the request (the control
+    /// headers, the preview token among them, left it with the request's
+    /// context), then, for a private sandbox or a reserved port, accepts the
     /// first credential the control plane accepts. Returns the sandbox to
     /// route to.
     /// `known_public`: the sandbox's public flag when already looked up.
