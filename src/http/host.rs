@@ -111,8 +111,10 @@ pub fn strip_port(raw: &str) -> &str {
     if raw.starts_with('[') {
         return raw;
     }
-    match raw.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+    // From the end: digits, then the colon (no search through the name).
+    let digits = raw.bytes().rev().take_while(u8::is_ascii_digit).count();
+    match raw.len().checked_sub(digits + 1) {
+        Some(colon) if raw.as_bytes()[colon] == b':' => &raw[..colon],
         _ => raw,
     }
 }
@@ -127,8 +129,20 @@ fn port_len(port: Port) -> usize {
     }
 }
 
+/// Bytes of a key or a host label: ASCII letters and digits, `-`, `_`.
+static KEY_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        i += 1;
+    }
+    table
+};
+
 fn is_key_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+    KEY_BYTES[usize::from(b)]
 }
 
 /// Labels of 1 to 63 key bytes, separated by dots.
@@ -244,6 +258,21 @@ mod tests {
                 );
                 prop_assert!(h.port().get() >= 1);
             }
+        }
+
+        #[test]
+        fn strip_port_takes_only_a_numeric_suffix(s in "[0-9a-z.:\\[\\]]{0,20}") {
+            let expected = match s.rsplit_once(':') {
+                _ if s.starts_with('[') => s.as_str(),
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => s.as_str(),
+            };
+            prop_assert_eq!(strip_port(&s), expected);
+        }
+
+        #[test]
+        fn key_bytes_are_letters_digits_dash_underscore(b in any::<u8>()) {
+            prop_assert_eq!(is_key_byte(b), b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         }
 
         #[test]
