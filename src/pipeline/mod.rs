@@ -61,7 +61,13 @@ impl Proxy {
         let untraced = span.is_disabled();
         let mut resp = span.in_scope(|| result.unwrap_or_else(|err| self.error_page(err, &mut ctx, untraced)));
         ctx.cors.apply(resp.headers_mut());
-        resp.headers_mut().insert(X_REQUEST_ID, ctx.request_id.clone());
+        // Unique to this answer: HTTP/2's header table must not keep it
+        // (HPACK never indexes a sensitive value), or each answer would
+        // push out the entries that do repeat, and be compared with every
+        // id before it.
+        let mut id = ctx.request_id.clone();
+        id.set_sensitive(true);
+        resp.headers_mut().insert(X_REQUEST_ID, id);
         // 7. Log.
         self.log(&ctx, resp)
     }
