@@ -170,13 +170,6 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Prepares the upstream's response for the client.
-pub fn prepare_response_headers(resp: &mut Response<Incoming>) {
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        remove_hop_by_hop(resp.headers_mut(), &[]);
-    }
-}
-
 /// An empty 502 from a runner means the app's port is not answering.
 pub fn is_empty_bad_gateway(resp: &Response<Incoming>) -> bool {
     resp.status() == StatusCode::BAD_GATEWAY && resp.body().is_end_stream()
