@@ -151,6 +151,12 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// A header map from `(name, value)` pairs, for tests.
+#[cfg(test)]
+pub fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    pairs.iter().map(|(k, v)| (HeaderName::from_static(k), http::HeaderValue::from_static(v))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

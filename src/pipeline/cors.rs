@@ -92,10 +92,7 @@ fn is_same_origin(origin: &HeaderValue, scheme: &str, host: Option<&HeaderValue>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
-    }
+    use crate::http::header_map as headers;
 
     #[test]
     fn origin_is_echoed_with_credentials() {

@@ -230,10 +230,7 @@ impl Dest {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
-    }
+    use crate::http::header_map as headers;
 
     #[test]
     fn control_headers_are_read_and_taken_out() {
