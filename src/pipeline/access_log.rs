@@ -1,8 +1,9 @@
 //! The access log (SPEC 8): one line per request at `info` (target
 //! `access`), written when its answer has been sent or abandoned, so it
 //! has the bytes and the whole time. Never a credential, a cookie, a query
-//! string, or a signed token: a host whose key is not a verified sandbox id
-//! is logged as `<port>-<signed>`.
+//! string, or a signed token: the `sandbox` field is the sandbox id when the
+//! control plane vouched for it, and a host whose key is not a verified
+//! sandbox id is logged as `<port>-<signed>`.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +29,8 @@ pub struct Record {
     /// Without the query.
     pub path: String,
     pub status: u16,
-    /// `<port>-<sandbox id>`, `<port>-<signed>`, or `-`.
-    pub host: String,
+    /// The sandbox id, `<port>-<signed>`, or `-`.
+    pub sandbox: String,
     pub port: Option<u16>,
     /// The proxy's error code, or `-`.
     pub outcome: &'static str,
@@ -59,7 +60,7 @@ impl Record {
             f.number("bytes_out", bytes_out);
             f.millis("ms", Some(elapsed));
             f.millis("upstream_ms", self.upstream);
-            f.text("sandbox", self.host.as_bytes());
+            f.text("sandbox", self.sandbox.as_bytes());
             f.number("port", self.port.unwrap_or(0).into());
             f.text("outcome", self.outcome.as_bytes());
         });
@@ -78,7 +79,7 @@ impl Record {
             bytes_out,
             ms = %Millis(Some(elapsed)),
             upstream_ms = %Millis(self.upstream),
-            sandbox = %self.host,
+            sandbox = %self.sandbox,
             port = self.port.unwrap_or(0),
             outcome = %self.outcome,
         );
@@ -92,7 +93,7 @@ impl Record {
             id = %self.id.to_str().unwrap_or("-"),
             client = %self.client.to_str().unwrap_or("-"),
             path = %self.path,
-            sandbox = %self.host,
+            sandbox = %self.sandbox,
             port = self.port.unwrap_or(0),
             bytes_in = up,
             bytes_out = down,
@@ -151,12 +152,13 @@ impl hyper::body::Body for Logged {
     }
 }
 
-/// The host as the log may show it: the key only when it is a verified
-/// sandbox id (a signed token is a credential).
-pub fn logged_host(port: Option<u16>, key: Option<&str>, verified: bool) -> String {
-    match (port, key) {
-        (Some(port), Some(key)) if verified => format!("{port}-{key}"),
-        (Some(port), Some(_)) => format!("{port}-<signed>"),
+/// The `sandbox` field: the key only when it is a sandbox id the control
+/// plane vouched for; any other key of a preview host may be a signed
+/// token (a credential), shown as `<port>-<signed>`.
+pub fn logged_sandbox(port: Option<u16>, key: Option<&str>, verified: bool) -> String {
+    match (key, port) {
+        (Some(key), _) if verified => key.to_string(),
+        (Some(_), Some(port)) => format!("{port}-<signed>"),
         _ => "-".to_string(),
     }
 }
@@ -193,7 +195,7 @@ mod tests {
             method: Method::POST,
             path: path.to_string(),
             status: 502,
-            host: "3000-sbx-1".to_string(),
+            sandbox: "sbx-1".to_string(),
             port: Some(3000),
             outcome: "UPSTREAM_UNAVAILABLE",
             started: Instant::now(),
@@ -260,8 +262,10 @@ mod tests {
 
     #[test]
     fn only_verified_keys_are_shown() {
-        assert_eq!(logged_host(Some(3000), Some("sbx-1"), true), "3000-sbx-1");
-        assert_eq!(logged_host(Some(3000), Some("k3v9tokenq2"), false), "3000-<signed>");
-        assert_eq!(logged_host(None, None, false), "-");
+        assert_eq!(logged_sandbox(Some(3000), Some("sbx-1"), true), "sbx-1");
+        assert_eq!(logged_sandbox(None, Some("sbx-1"), true), "sbx-1");
+        assert_eq!(logged_sandbox(Some(3000), Some("k3v9tokenq2"), false), "3000-<signed>");
+        assert_eq!(logged_sandbox(None, Some("sbx-1"), false), "-");
+        assert_eq!(logged_sandbox(None, None, false), "-");
     }
 }

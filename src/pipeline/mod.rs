@@ -359,7 +359,7 @@ impl Proxy {
             method: ctx.method.clone(),
             path: ctx.path.clone().unwrap_or_default(),
             status: status.as_u16(),
-            host: access_log::logged_host(port, ctx.key.as_deref(), ctx.key_verified),
+            sandbox: access_log::logged_sandbox(port, ctx.key.as_deref(), ctx.key_verified),
             port,
             outcome: ctx.outcome.unwrap_or("-"),
             started: ctx.started,
