@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::header::{SET_COOKIE, UPGRADE};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 
 use crate::control_plane::Target;
@@ -108,8 +108,13 @@ impl Proxy {
         // 5. Send, and wait for the response head.
         let direct = matches!(target, Target::Direct(_));
         let (limit, counts) = (self.shared.config.request_body_timeout, self.shared.metrics.local().clone());
-        let body = ClientBody::new(body, limit, ctx.bytes_in.clone(), counts);
-        let out = self.pool.address(Request::from_parts(parts, Either::Left(body)), dest.port(), direct)?;
+        // Most requests have no body: nothing to watch or count (and the
+        // request moves as a smaller value).
+        let body = match hyper::body::Body::is_end_stream(&body) {
+            true => Either::Right(Empty::new()),
+            false => Either::Left(Box::new(ClientBody::new(body, limit, ctx.bytes_in.clone(), counts))),
+        };
+        let out = self.pool.address(Request::from_parts(parts, body), dest.port(), direct)?;
         let timeout = self.shared.config.upstream_timeout;
         let sent = std::time::Instant::now();
         let (resp, lease, replay) = self.pool.send(out, timeout, dest.port(), direct).await?;
@@ -303,10 +308,10 @@ impl Proxy {
         let mut resp = Response::from_parts(parts, body);
         if let (true, Some(client)) = (upgraded, ctx.client_upgrade.take()) {
             shared.tunnels.spawn(client, hyper::upgrade::on(&mut resp), holds);
-            return Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, None, Holds::default(), None))));
+            return Ok(resp.map(|b| Either::Left(Box::new(UpstreamBody::new(b, None, Holds::default(), None)))));
         }
         let idle = shared.config.response_idle_timeout;
-        Ok(resp.map(|b| Either::Left(UpstreamBody::new(b, lease, holds, idle))))
+        Ok(resp.map(|b| Either::Left(Box::new(UpstreamBody::new(b, lease, holds, idle)))))
     }
 
     /// Whether a request may wait for its sandbox to come up: it has no

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use http_body_util::{Either, Empty, Full};
 
 /// Response body: the upstream's streamed body, or one the proxy made.
-pub type Body = Either<body::UpstreamBody, Full<Bytes>>;
+pub type Body = Either<Box<body::UpstreamBody>, Full<Bytes>>;
 
-/// Request body upstream: the client's, or none (a replayed head).
-pub type RequestBody = Either<request_body::ClientBody, Empty<Bytes>>;
+/// Request body upstream: the client's, or none (an empty one, or a
+/// replayed head).
+pub type RequestBody = Either<Box<request_body::ClientBody>, Empty<Bytes>>;
