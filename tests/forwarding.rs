@@ -150,6 +150,40 @@ async fn direct_mode_reaches_the_local_port() {
     assert!(!seen.headers.contains_key("x-daytona-authorization"));
 }
 
+/// Every way of framing a request body, empty ones too, reaches the app
+/// as the client framed it: an empty body goes on as none, any other as
+/// the client's stream.
+#[tokio::test]
+async fn request_bodies_arrive_as_framed() {
+    let runner = App::start().await;
+    let (proxy, _dir) = proxy_with_runner(&runner).await;
+    let head = "Host: 3000-sbx.preview.localhost\r\nConnection: close\r\n";
+    let empty_sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let abc_sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let cases = [
+        ("POST", "Content-Length: 0\r\n\r\n", Some("0"), None, format!("{empty_sha} 0")),
+        ("PUT", "Content-Length: 3\r\n\r\nabc", Some("3"), None, format!("{abc_sha} 3")),
+        ("POST", "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", None, Some("chunked"), format!("{empty_sha} 0")),
+        (
+            "POST",
+            "Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n2\r\nbc\r\n0\r\n\r\n",
+            None,
+            Some("chunked"),
+            format!("{abc_sha} 3"),
+        ),
+        ("DELETE", "\r\n", None, None, format!("{empty_sha} 0")),
+    ];
+    for (method, rest, length, chunked, answer) in cases {
+        let a = raw(&proxy, &format!("{method} /upload HTTP/1.1\r\n{head}{rest}")).await;
+        assert!(a.starts_with("HTTP/1.1 200") && a.ends_with(&answer), "{method} {rest:?}: {a}");
+        let seen = runner.last();
+        assert_eq!(seen.method, method);
+        let header = |name: &str| seen.headers.get(name).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(header("content-length").as_deref(), length, "{method} {rest:?}");
+        assert_eq!(header("transfer-encoding").as_deref(), chunked, "{method} {rest:?}");
+    }
+}
+
 #[tokio::test]
 async fn bodies_stream_both_ways_64_mib() {
     const SIZE: usize = 64 << 20;
