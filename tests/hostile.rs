@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -382,6 +382,59 @@ async fn a_stalled_download_is_aborted_never_ended_cleanly() {
     let mut body = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut body)).await.expect("aborted in time");
     assert!(body.len() < 100, "the client must see a truncated body, got {} bytes", body.len());
+}
+
+/// An app that answers a download that never ends; the flag turns true
+/// once its writes fail (the proxy let its connection go). Returns its port.
+async fn endless_download_app() -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let failed = Arc::new(AtomicBool::new(false));
+    let flag = failed.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_head(&mut s).await;
+        let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n".to_vec();
+        while s.write_all(&out).await.is_ok() {
+            out = vec![b'x'; 64 * 1024];
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    (port, failed)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_response_idle_limit() {
+    // Nothing else would end it: the app always has more to send, and the
+    // client neither reads nor leaves.
+    let (port, app_let_go) = endless_download_app().await;
+    let (proxy, _dir) = proxy(|c| c.response_idle_timeout = Some(Duration::from_secs(1))).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {port}-demo.preview.localhost\r\n\r\n").as_bytes()).await.unwrap();
+    wait_for(|| async { app_let_go.load(Ordering::SeqCst) }).await;
+    // The client's connection is over too, short of the whole answer.
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.expect("the connection ended");
+    assert!(got.starts_with(b"HTTP/1.1 200") && got.len() < 1_000_000_000, "{} bytes", got.len());
+}
+
+#[tokio::test]
+async fn a_tunnel_is_bounded_by_the_tunnel_limit_not_the_response_limit() {
+    // The client reads nothing for longer than the response limit while
+    // the app's bytes back up towards it; the tunnel stays, and every byte
+    // arrives once it reads.
+    const SIZE: usize = 64 * 1024 * 1024;
+    let (app_port, _) = full_duplex_app(SIZE).await;
+    let (proxy, _dir) = proxy(|c| c.response_idle_timeout = Some(Duration::from_secs(1))).await;
+    let mut s = upgrade(&proxy, app_port).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < SIZE {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("bytes").unwrap();
+        assert!(n > 0, "tunnel closed after {got} bytes");
+        got += n;
+    }
 }
 
 /// Opens the app's never-ending `/stream` through the proxy; the answer's

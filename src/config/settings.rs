@@ -197,7 +197,7 @@ pub const SETTINGS: &[Setting] = &[
     field!(
         "RESPONSE_IDLE_TIMEOUT_SEC",
         "300",
-        "abort the client's answer when the app sends no body bytes for this long (SSE too); 0 = off",
+        "abort the client's answer when the app sends no body bytes for this long (SSE too), or the client reads none of it; 0 = off",
         response_idle_timeout = |v| seconds_or_zero(v).map(|d| (!d.is_zero()).then_some(d))
     ),
     field!(

@@ -5,7 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
+
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,10 +16,11 @@ use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::client_io::{Clock, Watched};
 use super::Server;
 use crate::pipeline::access_log::Logged;
 use crate::pipeline::Peer;
@@ -82,26 +83,30 @@ pub async fn serve<I>(
     let config = server.config();
     let (header_read, idle, streams_limit) =
         (config.header_read_timeout, config.idle_timeout, config.max_concurrent_streams);
-    let reads = Arc::new(ReadClock { reads: AtomicU64::new(0) });
+    let clock = Arc::new(Clock::default());
     let h2 = protocol == Protocol::Http2;
     let _open = server.proxy.shared.metrics.local().connection(h2);
     let streams = h2
         .then(|| Arc::new(Streams { base: Instant::now(), open: AtomicUsize::new(0), idle_since: AtomicU64::new(0) }));
-    let counted = streams.clone();
+    let send_limit = config.response_idle_timeout;
+    let (counted, upgrades) = (streams.clone(), clock.clone());
     let service = service_fn(move |req| {
-        let (server, peer) = (server.clone(), peer.clone());
+        let (server, peer, upgrades) = (server.clone(), peer.clone(), upgrades.clone());
         let open = counted.as_ref().map(|streams| StreamGuard::new(streams.clone()));
         async move {
             // Boxed: hyper keeps room for a request's future on each
             // connection while it idles; this way that room is a pointer.
             let resp = Box::pin(server.proxy.handle(req, &peer)).await;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                upgrades.tunnel.store(true, Ordering::Relaxed);
+            }
             Ok::<_, Infallible>(resp.map(|body| Counted { body, _open: open }))
         }
     });
-    let io = TokioIo::new(Watched { inner: io, first, at: 0, reads: reads.clone() });
+    let io = TokioIo::new(Watched::new(io, first, clock.clone(), send_limit));
     match streams {
         None => {
-            let timer = HeadTimer { header_read, idle, reads, used: AtomicBool::new(false) };
+            let timer = HeadTimer { header_read, idle, reads: clock, used: AtomicBool::new(false) };
             let conn = http1::Builder::new()
                 .timer(timer)
                 .header_read_timeout(header_read)
@@ -168,78 +173,6 @@ async fn idle_out(idle: Option<(&Streams, Duration)>) {
     }
 }
 
-/// How many reads brought bytes on the connection: the header timer, which
-/// hyper polls after every read, notices the first one of a request by the
-/// count changing (cheaper than taking the time on every read).
-struct ReadClock {
-    reads: AtomicU64,
-}
-
-impl ReadClock {
-    fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
-    }
-}
-
-/// The client's stream, after the bytes `detect` read from it, noting when
-/// bytes arrive.
-struct Watched<I> {
-    inner: I,
-    first: Vec<u8>,
-    /// How much of `first` has been read.
-    at: usize,
-    reads: Arc<ReadClock>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.at < this.first.len() {
-            let n = buf.remaining().min(this.first.len() - this.at);
-            buf.put_slice(&this.first[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.first.len() {
-                this.first = Vec::new();
-                this.at = 0;
-            }
-            this.reads.reads.fetch_add(1, Ordering::Relaxed);
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.reads.reads.fetch_add(1, Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 /// hyper's HTTP/1 header-read timer, made to tell idle keep-alive from a
 /// slow request: hyper starts it when it waits for a request. The first
 /// request's headers must arrive within `header_read`; between requests
@@ -248,7 +181,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 struct HeadTimer {
     header_read: Duration,
     idle: Duration,
-    reads: Arc<ReadClock>,
+    reads: Arc<Clock>,
     /// A first request has been waited for.
     used: AtomicBool,
 }
@@ -291,7 +224,7 @@ pin_project_lite::pin_project! {
         reads_at_start: u64,
         // When that request's first byte was noticed.
         first_byte: Option<Instant>,
-        reads: Arc<ReadClock>,
+        reads: Arc<Clock>,
         #[pin]
         sleep: tokio::time::Sleep,
     }

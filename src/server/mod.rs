@@ -2,6 +2,7 @@
 //! listener, TLS when configured), worker threads, graceful shutdown, and
 //! the `/metrics` listener.
 
+mod client_io;
 mod connection;
 pub mod tls;
 mod workers;

@@ -17,20 +17,20 @@ use crate::metrics::Counts;
 
 /// A wait for the next body bytes, armed only when a poll finds none (a
 /// small body that arrives with its head never allocates it).
-pub(super) struct IdleLimit {
-    pub(super) limit: Duration,
+pub(crate) struct IdleLimit {
+    pub(crate) limit: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     /// Bytes moved since the timer was last set.
-    pub(super) moved: bool,
+    pub(crate) moved: bool,
 }
 
 impl IdleLimit {
-    pub(super) fn new(limit: Duration) -> IdleLimit {
+    pub(crate) fn new(limit: Duration) -> IdleLimit {
         IdleLimit { limit, sleep: None, moved: false }
     }
 
     /// Called when the body has nothing: whether the limit has passed.
-    pub(super) fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+    pub(crate) fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let deadline = Instant::now() + self.limit;
         let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if std::mem::take(&mut self.moved) {

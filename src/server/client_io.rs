@@ -1,0 +1,122 @@
+//! The client's side of a connection as hyper reads and writes it: the
+//! bytes protocol detection already read come first, reads are counted for
+//! the header timer, and a write the client takes nothing of is bounded
+//! (`RESPONSE_IDLE_TIMEOUT_SEC`: a client that stops reading a download
+//! must not hold the app's connection, and keep its sandbox awake, forever).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::upstream::request_body::IdleLimit;
+
+/// What the connection's parts share: how many reads brought bytes (the
+/// header timer, which hyper polls after every read, notices the first one
+/// of a request by the count changing: cheaper than taking the time on
+/// every read), and whether the connection became a WebSocket tunnel
+/// (whose writes `TUNNEL_IDLE_TIMEOUT_SEC` bounds instead).
+#[derive(Default)]
+pub struct Clock {
+    reads: AtomicU64,
+    pub tunnel: AtomicBool,
+}
+
+impl Clock {
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
+/// The client's stream, after the bytes `detect` read from it.
+pub struct Watched<I> {
+    inner: I,
+    first: Vec<u8>,
+    /// How much of `first` has been read.
+    at: usize,
+    clock: Arc<Clock>,
+    /// A write the client takes nothing of for this long fails (`None`: off).
+    send: Option<IdleLimit>,
+}
+
+impl<I> Watched<I> {
+    pub fn new(inner: I, first: Vec<u8>, clock: Arc<Clock>, send_limit: Option<Duration>) -> Watched<I> {
+        Watched { inner, first, at: 0, clock, send: send_limit.map(IdleLimit::new) }
+    }
+
+    /// Notes a write's progress; fails one the client has not taken any
+    /// of for the limit.
+    fn sent<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        let Some(limit) = &mut self.send else { return polled };
+        match polled {
+            Poll::Pending if !self.clock.tunnel.load(Ordering::Relaxed) && limit.expired(cx) => {
+                let message = format!("the client read nothing for {:?}; the connection is closed", limit.limit);
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, message)))
+            }
+            Poll::Pending => Poll::Pending,
+            polled => {
+                limit.moved = true;
+                polled
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.first.len() {
+            let n = buf.remaining().min(this.first.len() - this.at);
+            buf.put_slice(&this.first[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.first.len() {
+                this.first = Vec::new();
+                this.at = 0;
+            }
+            this.clock.reads.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.clock.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.sent(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.sent(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.sent(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
