@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use preview_proxy::config::Config;
 
 const HOST: &str = "3000-sbx1.preview.localhost";
 
@@ -169,6 +170,28 @@ async fn runner_without_proxy_url_is_a_clear_error() {
     let a = get(&proxy, HOST, "/").await;
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["code"], "CONTROL_PLANE_ERROR");
+}
+
+#[tokio::test]
+async fn an_api_answer_without_end_is_refused_not_buffered() {
+    // Every endpoint answers 200 with a body that never ends.
+    let api = serve(|_| async {
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        let endless = futures_util::stream::repeat_with(move || {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(chunk.clone()))
+        });
+        http::Response::new(http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(endless)))
+    })
+    .await;
+    let mut config = Config::defaults();
+    (config.api_url, config.api_key) = (Some(format!("http://{api}")), "proxy-secret".into());
+    config.api_client_timeout = Duration::from_secs(30);
+    let proxy = TestProxy::start(config).await;
+    let started = Instant::now();
+    let a = get(&proxy, HOST, "/").await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert_eq!(a.json()["code"], "CONTROL_PLANE_ERROR");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused at the cap, not at the client timeout");
 }
 
 #[tokio::test]

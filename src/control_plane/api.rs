@@ -350,8 +350,9 @@ impl DaytonaApi {
                 match sent {
                     Ok(resp) if !is_retryable(resp.status()) => {
                         let status = resp.status();
-                        match resp.bytes().await {
-                            Ok(body) => return Ok((status, body)),
+                        match super::read_answer(resp).await {
+                            Ok(Some(body)) => return Ok((status, body)),
+                            Ok(None) => return Err(LookupError::Invalid(format!("{what} answered over 1 MiB"))),
                             Err(e) => last_error = format!("{what}: reading the answer failed: {}", e.without_url()),
                         }
                     }

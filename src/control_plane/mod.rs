@@ -120,6 +120,24 @@ impl LookupError {
     }
 }
 
+/// The most of an API answer's body the proxy reads: its answers are a
+/// few hundred bytes, and an endpoint that sends without end (a wrong
+/// `DAYTONA_API_URL`, a broken peer) must not fill the proxy's memory.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// An API answer's body, up to [`MAX_ANSWER`]: `Ok(None)` when it is
+/// longer (a definite answer the proxy cannot use).
+async fn read_answer(mut resp: reqwest::Response) -> Result<Option<bytes::Bytes>, reqwest::Error> {
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
 /// What [`ControlPlane::prefetch`] knows before authentication.
 pub enum Prefetch {
     /// A key that may be a signed token, or the registry: nothing to do.

@@ -132,7 +132,10 @@ impl Oidc {
         struct ApiConfig {
             oidc: Option<ApiOidc>,
         }
-        let body = resp.bytes().await.map_err(unavailable)?;
+        let body = super::read_answer(resp)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| LookupError::Invalid("GET /config answered over 1 MiB".into()))?;
         let config: ApiConfig = serde_json::from_slice(&body)
             .map_err(|e| LookupError::Invalid(format!("GET /config returned unusable JSON: {e}")))?;
         Ok(config.oidc.map(|o| OidcSettings {
