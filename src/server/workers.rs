@@ -47,8 +47,15 @@ pub fn run_workers(config: Config, workers: usize, access_lines: Lines) -> Resul
     for _ in 1..workers {
         listeners.push(reuseport_listener(bound).map_err(io("opening a worker's listener"))?);
     }
-    let runtime =
-        || tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io("starting a runtime"));
+    // While tasks are ready, the runtime looks at its sockets and timers
+    // every `event_interval` polls (61 by default). A proxied request takes
+    // five polls, so the default meant an `epoll_wait` every dozen
+    // requests under load; 256 saves about 2% of CPU per request (the
+    // events wait at most 256 polls, a fraction of a millisecond).
+    let runtime = || {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.event_interval(256).enable_all().build().map_err(io("starting a runtime"))
+    };
     let main_rt = runtime()?;
     // Background tasks (registry watcher, activity keep-alive) live on the
     // first worker's runtime.
