@@ -128,7 +128,11 @@ const MAX_ANSWER: usize = 1024 * 1024;
 /// An API answer's body, up to [`MAX_ANSWER`]: `Ok(None)` when it is
 /// longer (a definite answer the proxy cannot use).
 async fn read_answer(mut resp: reqwest::Response) -> Result<Option<bytes::Bytes>, reqwest::Error> {
-    let mut body = bytes::BytesMut::new();
+    // The usual answer comes in one chunk: kept as it is, not copied.
+    let Some(first) = resp.chunk().await? else { return Ok(Some(bytes::Bytes::new())) };
+    let Some(second) = resp.chunk().await? else { return Ok((first.len() <= MAX_ANSWER).then_some(first)) };
+    let mut body = bytes::BytesMut::from(&first[..]);
+    body.extend_from_slice(&second);
     while let Some(chunk) = resp.chunk().await? {
         if body.len() + chunk.len() > MAX_ANSWER {
             return Ok(None);
