@@ -93,10 +93,12 @@ pub async fn serve<I>(
     let service = service_fn(move |req| {
         let (server, peer, upgrades) = (server.clone(), peer.clone(), upgrades.clone());
         let open = counted.as_ref().map(|streams| StreamGuard::new(streams.clone()));
+        // Boxed here, with the request in it: hyper keeps room for this
+        // future on each connection while it idles, and moves it into
+        // place for each request; this way both are a pointer's worth.
+        let handling = Box::pin(async move { server.proxy.handle(req, &peer).await });
         async move {
-            // Boxed: hyper keeps room for a request's future on each
-            // connection while it idles; this way that room is a pointer.
-            let resp = Box::pin(server.proxy.handle(req, &peer)).await;
+            let resp = handling.await;
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 upgrades.tunnel.store(true, Ordering::Relaxed);
             }
