@@ -628,3 +628,55 @@ async fn an_http2_host_header_that_disagrees_with_authority_is_a_400() {
     assert_eq!(resp.status(), 400);
     assert!(app.seen().is_empty());
 }
+
+#[tokio::test]
+async fn an_http2_stream_the_client_opens_no_window_for_is_reset_after_the_response_idle_limit() {
+    // The client keeps its connection (it answers pings) but never reads
+    // the download, so the stream's window stays shut: hyper then polls
+    // neither the socket nor the body, and nothing else would end it.
+    use http_body_util::BodyExt;
+    let (port, app_let_go) = endless_download_app().await;
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|c| c.response_idle_timeout = Some(Duration::from_secs(1))).await;
+    let mut sender = h2(&proxy).await;
+    let get = |port: u16| {
+        http::Request::builder()
+            .uri(format!("http://{port}-demo.preview.localhost/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let stalled = sender.send_request(get(port)).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    wait_for(|| async { app_let_go.load(Ordering::SeqCst) }).await;
+    // The stream was reset, never ended cleanly; the connection goes on.
+    let body =
+        tokio::time::timeout(Duration::from_secs(5), stalled.into_body().collect()).await.expect("the stream ended");
+    assert!(body.is_err(), "a stalled download ended as if complete");
+    let resp = sender.send_request(get(app.addr.port())).await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn an_http2_client_that_takes_its_download_in_bursts_gets_all_of_it() {
+    // Each pause is under the response limit and their sum is over it:
+    // the limit is on one wait with nothing taken, not on the download.
+    use http_body_util::BodyExt;
+    const SIZE: usize = 6 * 1024 * 1024;
+    let app = App::start().await;
+    let (proxy, _dir) = proxy(|c| c.response_idle_timeout = Some(Duration::from_secs(1))).await;
+    let mut sender = h2(&proxy).await;
+    let req = http::Request::builder()
+        .uri(format!("http://{}-demo.preview.localhost/download/{SIZE}", app.addr.port()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let mut body = sender.send_request(req).await.unwrap().into_body();
+    let (mut got, mut paused) = (0, 0);
+    while let Some(frame) = body.frame().await {
+        got += frame.expect("the download goes on").data_ref().map_or(0, |d| d.len());
+        if got / (1024 * 1024) > paused {
+            paused += 1;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    }
+    assert_eq!(got, SIZE);
+}

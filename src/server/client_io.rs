@@ -3,7 +3,11 @@
 //! the header timer, and a write the client takes nothing of is bounded
 //! (`RESPONSE_IDLE_TIMEOUT_SEC`: a client that stops reading a download
 //! must not hold the app's connection, and keep its sandbox awake, forever).
+//! An HTTP/2 client can stop taking one stream's answer while the
+//! connection stays busy (it opens no window for it): [`StreamExecutor`]
+//! bounds that stream the same way.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -118,5 +122,105 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+tokio::task_local! {
+    /// The HTTP/2 stream this task serves.
+    static STREAM: Arc<StreamWatch>;
+}
+
+/// One HTTP/2 stream's answer as the client takes it, reported by the
+/// answer's body.
+#[derive(Default)]
+pub struct StreamWatch {
+    /// Chunks handed to hyper.
+    given: AtomicU64,
+    /// A chunk was handed over and hyper has not asked for the next one
+    /// since: it waits for the client to open a window.
+    waiting: AtomicBool,
+}
+
+impl StreamWatch {
+    /// The watch of the HTTP/2 stream served on this task, if it has one.
+    pub fn current() -> Option<Arc<StreamWatch>> {
+        STREAM.try_with(Arc::clone).ok()
+    }
+
+    /// hyper asks the body for its next chunk.
+    pub fn asked(&self) {
+        self.waiting.store(false, Ordering::Relaxed);
+    }
+
+    /// The body handed hyper a chunk.
+    pub fn gave(&self) {
+        self.given.fetch_add(1, Ordering::Relaxed);
+        self.waiting.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Spawns the HTTP/2 streams hyper hands over, as `TokioExecutor` does,
+/// and ends one that has waited `limit` for the client to take any of its
+/// answer (`RESPONSE_IDLE_TIMEOUT_SEC`). Dropped, the stream is reset
+/// (`CANCEL`: an abort, never a clean end) and the app's connection let go;
+/// the connection's other streams go on. `None`: no limit.
+#[derive(Clone)]
+pub struct StreamExecutor {
+    pub limit: Option<Duration>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        match self.limit {
+            Some(limit) => tokio::spawn(Bounded { stream, watch: Arc::default(), limit, timer: None }),
+            None => tokio::spawn(stream),
+        };
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/2 stream that ends once its answer has waited `limit` for
+    /// the client with no chunk taken.
+    struct Bounded<F> {
+        #[pin]
+        stream: F,
+        watch: Arc<StreamWatch>,
+        limit: Duration,
+        // The wait's timer, and the chunk count when it was set.
+        timer: Option<(u64, Pin<Box<tokio::time::Sleep>>)>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Bounded<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let (stream, watch) = (this.stream, this.watch);
+        if STREAM.sync_scope(watch.clone(), || stream.poll(cx)).is_ready() {
+            return Poll::Ready(());
+        }
+        if !watch.waiting.load(Ordering::Relaxed) {
+            return Poll::Pending;
+        }
+        let given = watch.given.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + *this.limit;
+        let sleep = match this.timer {
+            Some((at, sleep)) if *at == given => sleep,
+            Some((at, sleep)) => {
+                *at = given;
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => &mut this.timer.insert((given, Box::pin(tokio::time::sleep_until(deadline)))).1,
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            tracing::debug!("the client took nothing of an HTTP/2 answer for {:?}; the stream is reset", this.limit);
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }

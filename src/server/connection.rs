@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::client_io::{Clock, Watched};
+use super::client_io::{Clock, StreamExecutor, StreamWatch, Watched};
 use super::Server;
 use crate::pipeline::access_log::Logged;
 use crate::pipeline::Peer;
@@ -102,7 +102,7 @@ pub async fn serve<I>(
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 upgrades.tunnel.store(true, Ordering::Relaxed);
             }
-            Ok::<_, Infallible>(resp.map(|body| Counted { body, _open: open }))
+            Ok::<_, Infallible>(resp.map(|body| Counted { body, watch: None, open }))
         }
     });
     let io = TokioIo::new(Watched::new(io, first, clock.clone(), send_limit));
@@ -119,7 +119,7 @@ pub async fn serve<I>(
             drive(conn, |conn| conn.graceful_shutdown(), None, closing).await;
         }
         Some(streams) => {
-            let conn = http2::Builder::new(TokioExecutor::new())
+            let conn = http2::Builder::new(StreamExecutor { limit: send_limit })
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(streams_limit)
                 .max_header_list_size(MAX_HEADERS as u32)
@@ -318,7 +318,10 @@ impl Drop for StreamGuard {
 /// An answer's body, holding its stream open while it is sent.
 struct Counted {
     body: Logged,
-    _open: Option<StreamGuard>,
+    /// An HTTP/2 stream's report of what the client takes, found when hyper
+    /// first asks for the body (on the stream's task).
+    watch: Option<Arc<StreamWatch>>,
+    open: Option<StreamGuard>,
 }
 
 impl hyper::body::Body for Counted {
@@ -326,7 +329,22 @@ impl hyper::body::Body for Counted {
     type Error = <Logged as hyper::body::Body>::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        if this.open.is_none() {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        }
+        if this.watch.is_none() {
+            this.watch = StreamWatch::current();
+        }
+        let Some(watch) = &this.watch else {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        };
+        watch.asked();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data()) {
+            watch.gave();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
