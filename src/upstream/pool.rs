@@ -252,7 +252,9 @@ impl Pool {
             let (resp, lease) = self.send_once(&key, again, false).await?;
             Ok((resp, lease, None))
         };
-        match tokio::time::timeout(timeout, attempt).await {
+        // Pinned where it is: the timeout holds a reference, not a copy.
+        let answered = tokio::time::timeout(timeout, std::pin::pin!(attempt)).await;
+        match answered {
             Ok(Ok((resp, lease, replay))) => Ok((resp, lease, replay.map(|req| Outgoing { key, req }))),
             Ok(Err(failure)) => Err(classify(failure, port, direct)),
             Err(_) => Err(ProxyError::UpstreamTimeout(port)),
