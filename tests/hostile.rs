@@ -680,3 +680,35 @@ async fn an_http2_client_that_takes_its_download_in_bursts_gets_all_of_it() {
     }
     assert_eq!(got, SIZE);
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_that_does_not_end_after_its_goaway_is_dropped() {
+    // The client never reads an answer whose end h2 still holds for its
+    // shut window, and it answers pings: after the idle GOAWAY the
+    // connection would wait for that stream forever.
+    // The answer arrives in one piece, handed to h2 whole while the
+    // client's window has room for a fifth of it: h2 holds the rest.
+    let answer = [b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n".as_slice(), &[b'x'; 5000]].concat();
+    let port = raw_app(answer.leak(), Duration::from_secs(60)).await;
+    let (proxy, _dir) = proxy(|c| {
+        c.idle_timeout = Duration::from_secs(1);
+        c.response_idle_timeout = Some(Duration::from_secs(1));
+    })
+    .await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(1_000)
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{port}-demo.preview.localhost/"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let unread = sender.send_request(req).await.unwrap();
+    assert_eq!(unread.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the connection was still open 5 s after it went idle");
+    drop(unread);
+}

@@ -145,6 +145,10 @@ async fn drive<C>(
 {
     tokio::pin!(conn);
     let mut ending = false;
+    // After an idle GOAWAY: when the connection is dropped if it has not
+    // ended (the client may hold it open with pings while h2 still buffers
+    // the end of an answer it opens no window for).
+    let mut idled: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -157,6 +161,11 @@ async fn drive<C>(
                 tracing::debug!("idle HTTP/2 connection closed");
                 shutdown(conn.as_mut());
                 ending = true;
+                idled = idle.map(|(_, idle)| tokio::time::Instant::now() + idle);
+            }
+            () = tokio::time::sleep_until(idled.unwrap_or_else(tokio::time::Instant::now)), if idled.is_some() => {
+                tracing::debug!("idle HTTP/2 connection dropped: it did not end after its GOAWAY");
+                return;
             }
             _ = closing.wait_for(|c| *c), if !ending => {
                 shutdown(conn.as_mut());
