@@ -558,3 +558,20 @@ async fn h2c_prior_knowledge_with_concurrent_streams() {
     let seen = runner.last();
     assert_eq!(seen.headers["x-forwarded-host"], "3000-sbx.preview.localhost", ":authority is the host");
 }
+
+#[tokio::test]
+async fn an_absolute_form_target_names_the_sandbox_over_the_host_header() {
+    // RFC 9112 3.2.2: the target's authority wins; the Host header names a
+    // sandbox that does not exist.
+    let runner = App::start().await;
+    let (proxy, _dir) = proxy_with_runner(&runner).await;
+    let answer = raw(
+        &proxy,
+        "GET http://3000-sbx.preview.localhost/a/%2F?q=1 HTTP/1.1\r\nHost: 3000-nothere.preview.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = runner.last();
+    assert_eq!(seen.target, "/sandboxes/sbx/toolbox/proxy/3000/a/%2F?q=1");
+    assert_eq!(seen.headers["x-forwarded-host"], "3000-sbx.preview.localhost");
+}
