@@ -164,6 +164,15 @@ out=$("$BIN/examples/bench_client" ka-idle 127.0.0.1:18084 $APP_HOST "$IDLE_CONN
 row 5ka preview-proxy "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
 out=$("$BIN/examples/bench_client" ka-idle 127.0.0.1:18081 $APP_HOST "$IDLE_CONNS" "$NGINX_MAIN" $(pgrep -P "$NGINX_MAIN"))
 row 5ka nginx "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
+# The same connections arriving over time, a tenth every 1.5 s, at a fresh
+# proxy: one idle for a second is parked (its buffers given back), and the
+# newer ones reuse what it gave back.
+start_proxy 18096 18090
+out=$("$BIN/examples/bench_client" ka-idle-trickle 127.0.0.1:18096 $APP_HOST "$IDLE_CONNS" $((IDLE_CONNS / 10)) "$PROXY_PID")
+row 5kat preview-proxy "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
+kill "$PROXY_PID"
+out=$("$BIN/examples/bench_client" ka-idle-trickle 127.0.0.1:18081 $APP_HOST "$IDLE_CONNS" $((IDLE_CONNS / 10)) "$NGINX_MAIN" $(pgrep -P "$NGINX_MAIN"))
+row 5kat nginx "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
 for _ in $(seq "$ROUNDS"); do
   for t in direct:18088 nginx:18087 preview-proxy:18089; do
     out=$("$BIN/examples/bench_client" ws-echo 127.0.0.1:${t#*:} $APP_HOST 64 "${DURATION%s}")
@@ -317,6 +326,8 @@ table("5idle", "Scenario 5, idle WebSocket tunnels", ["KiB per tunnel", "tunnels
       lambda a, b: [f"{a:.1f}", f"{b:.0f}"])
 table("5ka", "Scenario 5, idle keep-alive connections", ["KiB per connection", "connections"], "nginx",
       lambda a, b: [f"{a:.1f}", f"{b:.0f}"])
+table("5kat", "Scenario 5, idle keep-alive connections arriving over time (a tenth every 1.5 s)",
+      ["KiB per connection", "connections"], "nginx", lambda a, b: [f"{a:.1f}", f"{b:.0f}"])
 table("5echo", "Scenario 5, 64 connections echoing 32-byte messages", ["messages/s"], "nginx",
       lambda a, b: [f"{a:,.0f}"])
 table("6sse", "Scenario 6, server-sent events, delivery latency", ["p50 ms", "p99 ms"], "direct",

@@ -11,6 +11,9 @@
 //! bench_client ka-idle <addr> <host> <conns> <pid>...
 //!     opens <conns> keep-alive connections, one GET on each, and keeps
 //!     them open; RSS growth of the pids per connection.
+//! bench_client ka-idle-trickle <addr> <host> <conns> <batch> <pid>...
+//!     the same, opened <batch> at a time 1.5 s apart (clients arriving
+//!     over time rather than in one burst).
 //! bench_client ws-echo <addr> <host> <conns> <seconds>
 //!     <conns> WebSockets each echoing 32-byte messages one at a time.
 //! bench_client sse <addr> <host> <events>
@@ -42,7 +45,8 @@ async fn main() {
     match arg(0).as_str() {
         "pageload" => pageload(arg(1), arg(2), num(3), num(4), num(5), num(6)).await,
         "ws-idle" => ws_idle(arg(1), arg(2), num(3), &args[4..]).await,
-        "ka-idle" => ka_idle(arg(1), arg(2), num(3), &args[4..]).await,
+        "ka-idle" => ka_idle(arg(1), arg(2), num(3), 0, &args[4..]).await,
+        "ka-idle-trickle" => ka_idle(arg(1), arg(2), num(3), num(4), &args[5..]).await,
         "ws-echo" => ws_echo(arg(1), arg(2), num(3), Duration::from_secs(num(4) as u64)).await,
         "sse" => sse(arg(1), arg(2), num(3)).await,
         other => panic!("unknown mode {other}"),
@@ -151,7 +155,9 @@ fn rss_kib(pids: &[String]) -> u64 {
 /// Opens `n` connections with `open` (128 at a time), keeps them, and
 /// says how much the pids' RSS grew per connection (KiB), and how many
 /// opened.
-async fn idle<T, F, Fut>(n: usize, pids: &[String], open: F) -> (usize, u64, u64, f64)
+/// Opens `n` connections with `open` (`batch` at a time 1.5 s apart, or
+/// all at once for 0) and keeps them; RSS growth per connection.
+async fn idle<T, F, Fut>(n: usize, batch: usize, pids: &[String], open: F) -> (usize, u64, u64, f64)
 where
     T: Send + 'static,
     F: Fn() -> Fut + Clone + Send + 'static,
@@ -159,19 +165,28 @@ where
 {
     let before = rss_kib(pids);
     let opened = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(n)));
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..128 {
-        let (open, opened, next) = (open.clone(), opened.clone(), next.clone());
-        tasks.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < n {
-                if let Some(conn) = open().await {
-                    opened.lock().await.push(conn);
+    let batch = if batch == 0 { n } else { batch };
+    let mut done = 0;
+    while done < n {
+        let upto = (done + batch).min(n);
+        let next = Arc::new(AtomicUsize::new(done));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..128 {
+            let (open, opened, next) = (open.clone(), opened.clone(), next.clone());
+            tasks.spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < upto {
+                    if let Some(conn) = open().await {
+                        opened.lock().await.push(conn);
+                    }
                 }
-            }
-        });
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        done = upto;
+        if done < n {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
     }
-    while tasks.join_next().await.is_some() {}
     // Let every connection settle into its idle state.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(pids);
@@ -181,7 +196,7 @@ where
 
 async fn ws_idle(addr: &str, host: &str, tunnels: usize, pids: &[String]) {
     let (addr, host) = (addr.to_string(), host.to_string());
-    let (open, before, after, per) = idle(tunnels, pids, move || {
+    let (open, before, after, per) = idle(tunnels, 0, pids, move || {
         let (addr, host) = (addr.clone(), host.clone());
         async move { ws_open(&addr, &host).await }
     })
@@ -192,9 +207,9 @@ async fn ws_idle(addr: &str, host: &str, tunnels: usize, pids: &[String]) {
     );
 }
 
-async fn ka_idle(addr: &str, host: &str, conns: usize, pids: &[String]) {
+async fn ka_idle(addr: &str, host: &str, conns: usize, batch: usize, pids: &[String]) {
     let (addr, host) = (addr.to_string(), host.to_string());
-    let (open, before, after, per) = idle(conns, pids, move || {
+    let (open, before, after, per) = idle(conns, batch, pids, move || {
         let (addr, host) = (addr.clone(), host.clone());
         async move {
             let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr)).await.ok()?.ok()?;

@@ -187,3 +187,86 @@ async fn metrics_count_answers_by_class_and_error_code() {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
 }
+
+/// Idle HTTP/1 connections parked, as `/metrics` counts them.
+fn parked(proxy: &TestProxy) -> f64 {
+    let text = proxy.proxy.proxy.shared.metrics.render(0);
+    let line = text.lines().find(|l| l.starts_with("preview_proxy_client_connections_parked ")).expect("the gauge");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Reads one answer with a `content-length` body; returns its status line.
+async fn read_answer(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed inside a head: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().trim().parse().unwrap();
+    s.read_exact(&mut vec![0u8; len]).await.unwrap();
+    head.lines().next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_parked_and_keeps_its_limits() {
+    // Parked (its buffers given back) after a second without a request;
+    // its next requests, pipelined, are served, and the idle limit still
+    // counts from the last answer.
+    let app = App::start().await;
+    let (mut config, _dir, _) = registry_config(DEMO);
+    (config.header_read_timeout, config.idle_timeout) = (Duration::from_secs(1), Duration::from_secs(3));
+    let proxy = TestProxy::start(config).await;
+    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut s).await, "HTTP/1.1 200 OK");
+    assert_eq!(parked(&proxy), 0.0);
+    wait_for(|| async { parked(&proxy) == 1.0 }).await;
+    s.write_all(format!("{request}{request}").as_bytes()).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(read_answer(&mut s).await, "HTTP/1.1 200 OK");
+    }
+    let seen: Vec<_> = app.seen().iter().map(|s| format!("{} {}", s.method, s.target)).collect();
+    assert_eq!(seen, ["GET /", "GET /", "GET /"], "every byte reached the app as sent");
+    assert_eq!(parked(&proxy), 0.0);
+    let answered = std::time::Instant::now();
+    wait_for(|| async { parked(&proxy) == 1.0 }).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut rest)).await.expect("closed").unwrap();
+    let took = answered.elapsed();
+    assert!(took > Duration::from_millis(2800) && took < Duration::from_millis(3600), "closed after {took:?}");
+    assert!(rest.is_empty());
+    wait_for(|| async { parked(&proxy) == 0.0 }).await;
+
+    // A request that starts on a parked connection has the header limit
+    // for its headers.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    read_answer(&mut s).await;
+    wait_for(|| async { parked(&proxy) == 1.0 }).await;
+    let started = std::time::Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut rest)).await.expect("closed").unwrap();
+    let took = started.elapsed();
+    assert!(took > Duration::from_millis(800) && took < Duration::from_millis(2500), "closed after {took:?}");
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_closed_at_once_when_the_proxy_shuts_down() {
+    let app = App::start().await;
+    let (mut config, _dir, _) = registry_config(DEMO);
+    config.idle_timeout = Duration::from_secs(30);
+    let mut proxy = TestProxy::start(config).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    s.write_all(request.as_bytes()).await.unwrap();
+    read_answer(&mut s).await;
+    wait_for(|| async { parked(&proxy) == 1.0 }).await;
+    proxy.shutdown();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.expect("closed").unwrap();
+    assert!(rest.is_empty());
+    tokio::time::timeout(Duration::from_secs(5), &mut proxy.done).await.expect("the proxy stopped").unwrap().unwrap();
+}

@@ -110,6 +110,12 @@ impl prometheus_client::collector::Collector for Scrape {
         let [h1, h2] = [&c.connections[0], &c.connections[1]].map(|a| a.load(Ordering::Relaxed));
         let help = "Open client connections, by protocol.";
         gauge(&mut e, "client_connections", help, "protocol", &[("h1", h1), ("h2", h2)])?;
+        ConstGauge::new(c.parked.load(Ordering::Relaxed)).encode(e.encode_descriptor(
+            "client_connections_parked",
+            "Idle HTTP/1 connections parked: their buffers given back until the next request (counted in client_connections too).",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let tunnels = i64::try_from(self.open_tunnels).unwrap_or(i64::MAX);
         ConstGauge::new(tunnels).encode(e.encode_descriptor(
             "tunnels_open",

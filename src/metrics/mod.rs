@@ -190,6 +190,8 @@ pub struct Counts {
     cache: [[AtomicU64; CACHE_RESULTS.len()]; CACHE_NAMES.len()],
     /// Open client connections: HTTP/1, HTTP/2.
     connections: [AtomicI64; 2],
+    /// Idle HTTP/1 connections parked, without buffers.
+    parked: AtomicI64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
 }
@@ -263,6 +265,11 @@ impl Counts {
         }
     }
 
+    /// An idle HTTP/1 connection parked until the guard drops.
+    pub fn parked(self: &Arc<Self>) -> Open {
+        Open::new(self, |c| &c.parked)
+    }
+
     /// Body bytes (and tunnel bytes) from clients and to them.
     pub fn bytes(&self, bytes_in: u64, bytes_out: u64) {
         if bytes_in > 0 {
@@ -292,7 +299,7 @@ impl Counts {
     }
 
     fn gauges(&self) -> impl Iterator<Item = &AtomicI64> {
-        self.connections.iter().chain([&self.upstream_open])
+        self.connections.iter().chain([&self.upstream_open, &self.parked])
     }
 
     fn histograms(&self) -> impl Iterator<Item = &Histogram> {

@@ -24,15 +24,49 @@ use crate::upstream::request_body::IdleLimit;
 /// of a request by the count changing: cheaper than taking the time on
 /// every read), and whether the connection became a WebSocket tunnel
 /// (whose writes `TUNNEL_IDLE_TIMEOUT_SEC` bounds instead).
+///
+/// An idle HTTP/1 connection is parked (its hyper state and buffers
+/// dropped) once the header timer has waited a while for a next request:
+/// the timer asks for it, noting the read count, and the connection's
+/// driver parks it if no byte came since.
 #[derive(Default)]
 pub struct Clock {
     reads: AtomicU64,
     pub tunnel: AtomicBool,
+    /// The read count plus one when the header timer asked to park (0: not
+    /// asked).
+    park: AtomicU64,
+    /// Parking: hyper ends the connection, but the socket stays open.
+    parking: AtomicBool,
 }
 
 impl Clock {
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
+    }
+
+    /// The header timer has waited a while for a request, the read count
+    /// at `reads` when it began.
+    pub fn ask_park(&self, reads: u64) {
+        self.park.store(reads + 1, Ordering::Relaxed);
+    }
+
+    /// Completes once parking has been asked for.
+    pub fn park_asked(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|_| match self.park.load(Ordering::Relaxed) {
+            0 => Poll::Pending,
+            _ => Poll::Ready(()),
+        })
+    }
+
+    /// Takes the request to park: true when no byte has come since it was
+    /// made (hyper's connection is then idle with nothing read), and from
+    /// then on the connection's end leaves the socket open.
+    pub fn start_parking(&self) -> bool {
+        let asked = self.park.swap(0, Ordering::Relaxed);
+        let idle = asked != 0 && asked - 1 == self.reads();
+        self.parking.store(idle, Ordering::Relaxed);
+        idle
     }
 }
 
@@ -50,6 +84,13 @@ pub struct Watched<I> {
 impl<I> Watched<I> {
     pub fn new(inner: I, first: Vec<u8>, clock: Arc<Clock>, send_limit: Option<Duration>) -> Watched<I> {
         Watched { inner, first, at: 0, clock, send: send_limit.map(IdleLimit::new) }
+    }
+
+    /// Back from parking: `first` is read before the stream again.
+    pub fn unpark(&mut self, first: Vec<u8>) {
+        self.first = first;
+        self.at = 0;
+        self.clock.parking.store(false, Ordering::Relaxed);
     }
 
     /// Notes a write's progress; fails one the client has not taken any
@@ -121,6 +162,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.clock.parking.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

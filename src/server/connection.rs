@@ -2,6 +2,8 @@
 //! and protocol detection, request headers, idle keep-alive between HTTP/1
 //! requests (its own limit, longer than the header limit), an idle HTTP/2
 //! connection (GOAWAY), unanswered HTTP/2 pings, and graceful shutdown.
+//! An idle HTTP/1 connection is parked: its hyper state and buffers are
+//! dropped until the next request arrives.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Frame, SizeHint};
@@ -22,6 +24,7 @@ use tokio::sync::watch;
 
 use super::client_io::{Clock, StreamExecutor, StreamWatch, Watched};
 use super::Server;
+use crate::metrics::Counts;
 use crate::pipeline::access_log::Logged;
 use crate::pipeline::Peer;
 
@@ -33,6 +36,9 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FIRST_READ: usize = 4096;
 /// Request headers, all of them (431 beyond, as nginx's default buffers).
 const MAX_HEADERS: usize = 64 * 1024;
+/// An HTTP/1 connection idle this long between requests is parked (its
+/// buffers given back) until the next request's first byte.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The protocol a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,7 +91,8 @@ pub async fn serve<I>(
         (config.header_read_timeout, config.idle_timeout, config.max_concurrent_streams);
     let clock = Arc::new(Clock::default());
     let h2 = protocol == Protocol::Http2;
-    let _open = server.proxy.shared.metrics.local().connection(h2);
+    let counts = server.proxy.shared.metrics.local().clone();
+    let _open = counts.connection(h2);
     let streams = h2
         .then(|| Arc::new(Streams { base: Instant::now(), open: AtomicUsize::new(0), idle_since: AtomicU64::new(0) }));
     let send_limit = config.response_idle_timeout;
@@ -96,28 +103,19 @@ pub async fn serve<I>(
         // Boxed here, with the request in it: hyper keeps room for this
         // future on each connection while it idles, and moves it into
         // place for each request; this way both are a pointer's worth.
-        let handling = Box::pin(async move { server.proxy.handle(req, &peer).await });
-        async move {
-            let resp = handling.await;
+        // (A box is also what lets an idle connection be parked: hyper's
+        // connection must be `Unpin` to be taken apart.)
+        Box::pin(async move {
+            let resp = server.proxy.handle(req, &peer).await;
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 upgrades.tunnel.store(true, Ordering::Relaxed);
             }
             Ok::<_, Infallible>(resp.map(|body| Counted { body, watch: None, open }))
-        }
+        })
     });
     let io = TokioIo::new(Watched::new(io, first, clock.clone(), send_limit));
     match streams {
-        None => {
-            let timer = HeadTimer { header_read, idle, reads: clock, used: AtomicBool::new(false) };
-            let conn = http1::Builder::new()
-                .timer(timer)
-                .header_read_timeout(header_read)
-                .max_header_size(MAX_HEADERS)
-                .max_buf_size(MAX_HEADERS)
-                .serve_connection(io, service)
-                .with_upgrades();
-            drive(conn, |conn| conn.graceful_shutdown(), None, closing).await;
-        }
+        None => serve_http1(io, service, (clock, counts), (header_read, idle), closing).await,
         Some(streams) => {
             let conn = http2::Builder::new(StreamExecutor { limit: send_limit })
                 .timer(TokioTimer::new())
@@ -128,23 +126,77 @@ pub async fn serve<I>(
                 .serve_connection(io, service);
             // Boxed: HTTP/2's state would size every HTTP/1 connection's
             // future (memory per idle keep-alive connection).
-            Box::pin(drive(conn, |conn| conn.graceful_shutdown(), Some((&streams, idle)), closing)).await;
+            Box::pin(async move {
+                let conn = std::pin::pin!(conn);
+                drive(conn, |conn| conn.graceful_shutdown(), Some((&streams, idle)), None, closing).await
+            })
+            .await;
         }
+    }
+}
+
+/// Serves HTTP/1 requests. A connection idle for [`PARK_AFTER`] is parked:
+/// hyper's connection, with its read and write buffers (16 KiB), is
+/// dropped, and made again when the next request's first byte arrives;
+/// the connection still closes `idle` after its last request.
+async fn serve_http1<I, S, B>(
+    mut io: TokioIo<Watched<I>>,
+    mut service: S,
+    (clock, counts): (Arc<Clock>, Arc<Counts>),
+    (header_read, idle): (Duration, Duration),
+    mut closing: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        let timer = HeadTimer { header_read, idle, reads: clock.clone(), used: AtomicBool::new(false) };
+        let mut conn = http1::Builder::new()
+            .timer(timer)
+            .header_read_timeout(header_read)
+            .max_header_size(MAX_HEADERS)
+            .max_buf_size(MAX_HEADERS)
+            .serve_connection(io, service)
+            .with_upgrades();
+        if !drive(Pin::new(&mut conn), |conn| conn.graceful_shutdown(), None, Some(&clock), closing.clone()).await {
+            return;
+        }
+        let Some(parts) = conn.into_parts() else { return };
+        let _parked = counts.parked();
+        let (mut watched, mut first) = (parts.io.into_inner(), parts.read_buf.to_vec());
+        service = parts.service;
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(idle.saturating_sub(PARK_AFTER), watched.read(&mut byte));
+        tokio::select! {
+            read = read => if !matches!(read, Ok(Ok(1))) { return },
+            _ = closing.wait_for(|c| *c) => return,
+        }
+        first.push(byte[0]);
+        watched.unpark(first);
+        io = TokioIo::new(watched);
     }
 }
 
 /// Runs a connection to its end; shuts it down gracefully when `closing`
 /// turns true or, for HTTP/2, when no stream has been open for `idle`.
+/// An HTTP/1 connection whose header timer asks to `park` it is ended the
+/// same way, its socket left open: true then.
 async fn drive<C>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     shutdown: fn(Pin<&mut C>),
     idle: Option<(&Streams, Duration)>,
+    park: Option<&Clock>,
     mut closing: watch::Receiver<bool>,
-) where
+) -> bool
+where
     C: Future<Output = Result<(), hyper::Error>>,
 {
-    tokio::pin!(conn);
     let mut ending = false;
+    let mut parked = false;
     // After an idle GOAWAY: when the connection is dropped if it has not
     // ended (the client may hold it open with pings while h2 still buffers
     // the end of an answer it opens no window for).
@@ -152,10 +204,16 @@ async fn drive<C>(
     loop {
         tokio::select! {
             result = conn.as_mut() => {
-                if let Err(e) = result {
+                if let Err(e) = &result {
                     tracing::debug!(error = %e, "connection closed with an error");
                 }
-                return;
+                return parked && result.is_ok();
+            }
+            () = park_asked(park), if park.is_some() && !ending => {
+                if park.is_some_and(Clock::start_parking) {
+                    shutdown(conn.as_mut());
+                    (ending, parked) = (true, true);
+                }
             }
             () = idle_out(idle), if idle.is_some() && !ending => {
                 tracing::debug!("idle HTTP/2 connection closed");
@@ -165,13 +223,22 @@ async fn drive<C>(
             }
             () = tokio::time::sleep_until(idled.unwrap_or_else(tokio::time::Instant::now)), if idled.is_some() => {
                 tracing::debug!("idle HTTP/2 connection dropped: it did not end after its GOAWAY");
-                return;
+                return false;
             }
             _ = closing.wait_for(|c| *c), if !ending => {
                 shutdown(conn.as_mut());
                 ending = true;
             }
         }
+    }
+}
+
+/// Completes once the header timer asks to park the connection; never
+/// for HTTP/2.
+async fn park_asked(park: Option<&Clock>) {
+    match park {
+        Some(clock) => clock.park_asked().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -215,6 +282,7 @@ impl hyper::rt::Timer for HeadTimer {
                 *head.keep_alive = true;
                 *head.reads_at_start = self.reads.reads();
                 *head.first_byte = None;
+                *head.park_asked = false;
             }
             None => *sleep = self.sleep_until(new_deadline),
         }
@@ -235,6 +303,8 @@ pin_project_lite::pin_project! {
         reads_at_start: u64,
         // When that request's first byte was noticed.
         first_byte: Option<Instant>,
+        // Parking the idle connection has been asked for.
+        park_asked: bool,
         reads: Arc<Clock>,
         #[pin]
         sleep: tokio::time::Sleep,
@@ -250,6 +320,7 @@ impl HeadSleep {
             keep_alive,
             reads_at_start: timer.reads.reads(),
             first_byte: None,
+            park_asked: false,
             reads: timer.reads.clone(),
             sleep: tokio::time::sleep_until((started + header_read).into()),
         }
@@ -264,14 +335,26 @@ impl Future for HeadSleep {
         if *this.keep_alive && this.first_byte.is_none() && this.reads.reads() != *this.reads_at_start {
             *this.first_byte = Some(Instant::now());
         }
+        // Idle between requests, first until it is time to park.
+        let parks = *this.keep_alive && this.first_byte.is_none() && !*this.park_asked && *this.idle > PARK_AFTER;
         let deadline = match (*this.keep_alive, *this.first_byte) {
             (false, _) => *this.started + *this.header_read,
+            (true, None) if parks => *this.started + PARK_AFTER,
             (true, None) => *this.started + *this.idle,
             (true, Some(first)) => first + *this.header_read,
         };
         if this.sleep.deadline() != deadline.into() {
             this.sleep.as_mut().reset(deadline.into());
         }
+        ready!(this.sleep.as_mut().poll(cx));
+        if !parks {
+            return Poll::Ready(());
+        }
+        *this.park_asked = true;
+        this.reads.ask_park(*this.reads_at_start);
+        // The connection's driver looks at the request when polled next.
+        cx.waker().wake_by_ref();
+        this.sleep.as_mut().reset((*this.started + *this.idle).into());
         this.sleep.poll(cx)
     }
 }
