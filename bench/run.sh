@@ -18,7 +18,7 @@ RESULTS=$WORK/results.tsv
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for f in /tmp/bench-upstream.pid /tmp/bench-nginx.pid /tmp/bench-nginx-apps.pid /tmp/bench-nginx-h2.pid /tmp/bench-nginx-rsa.pid; do
+  for f in /tmp/bench-upstream.pid /tmp/bench-nginx.pid /tmp/bench-nginx-apps.pid /tmp/bench-nginx-h2.pid /tmp/bench-nginx-rsa.pid /tmp/bench-nginx-ka.pid; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
 }
@@ -165,14 +165,18 @@ row 5ka preview-proxy "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(
 out=$("$BIN/examples/bench_client" ka-idle 127.0.0.1:18081 $APP_HOST "$IDLE_CONNS" "$NGINX_MAIN" $(pgrep -P "$NGINX_MAIN"))
 row 5ka nginx "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
 # The same connections arriving over time, a tenth every 1.5 s, at a fresh
-# proxy: one idle for a second is parked (its buffers given back), and the
+# proxy and a fresh nginx: one idle for a second is parked (its buffers given back), and the
 # newer ones reuse what it gave back.
 start_proxy 18096 18090
 out=$("$BIN/examples/bench_client" ka-idle-trickle 127.0.0.1:18096 $APP_HOST "$IDLE_CONNS" $((IDLE_CONNS / 10)) "$PROXY_PID")
 row 5kat preview-proxy "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
 kill "$PROXY_PID"
-out=$("$BIN/examples/bench_client" ka-idle-trickle 127.0.0.1:18081 $APP_HOST "$IDLE_CONNS" $((IDLE_CONNS / 10)) "$NGINX_MAIN" $(pgrep -P "$NGINX_MAIN"))
+sed "s#18081#18085#; s#bench-nginx\.#bench-nginx-ka.#g" "$P/nginx-proxy.conf" >"$WORK/nginx-ka.conf"
+nginx -c "$WORK/nginx-ka.conf" & wait_port 18085
+NGINX_KA=$(cat /tmp/bench-nginx-ka.pid)
+out=$("$BIN/examples/bench_client" ka-idle-trickle 127.0.0.1:18085 $APP_HOST "$IDLE_CONNS" $((IDLE_CONNS / 10)) "$NGINX_KA" $(pgrep -P "$NGINX_KA"))
 row 5kat nginx "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
+kill "$NGINX_KA"
 for _ in $(seq "$ROUNDS"); do
   for t in direct:18088 nginx:18087 preview-proxy:18089; do
     out=$("$BIN/examples/bench_client" ws-echo 127.0.0.1:${t#*:} $APP_HOST 64 "${DURATION%s}")
