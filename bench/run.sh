@@ -156,26 +156,26 @@ APP_HOST=3000-pub1.preview.localhost
 echo "scenario 5: WebSockets, $TUNNELS idle tunnels, $IDLE_CONNS idle keep-alive connections (fd limit $FDS), then 64 connections echoing"
 NGINX_APPS=$(cat /tmp/bench-nginx-apps.pid)
 out=$("$BIN/examples/bench_client" ws-idle 127.0.0.1:18089 $APP_HOST "$TUNNELS" "$APPS_PID")
-row 5idle preview-proxy "$(field kib_per_tunnel "$out")" "$(field tunnels "$out")" "$(field errors "$out")"
+row 5idle preview-proxy "$(field kib_per_tunnel "$out")" "$(field kib_per_tunnel_2s "$out")" "$(field errors "$out")"
 out=$("$BIN/examples/bench_client" ws-idle 127.0.0.1:18087 $APP_HOST "$TUNNELS" "$NGINX_APPS" $(pgrep -P "$NGINX_APPS"))
-row 5idle nginx "$(field kib_per_tunnel "$out")" "$(field tunnels "$out")" "$(field errors "$out")"
+row 5idle nginx "$(field kib_per_tunnel "$out")" "$(field kib_per_tunnel_2s "$out")" "$(field errors "$out")"
 NGINX_MAIN=$(cat /tmp/bench-nginx.pid)
 out=$("$BIN/examples/bench_client" ka-idle 127.0.0.1:18084 $APP_HOST "$IDLE_CONNS" "$MAIN_PID")
-row 5ka preview-proxy "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
+row 5ka preview-proxy "$(field kib_per_conn "$out")" "$(field kib_per_conn_2s "$out")" "$(field errors "$out")"
 out=$("$BIN/examples/bench_client" ka-idle 127.0.0.1:18081 $APP_HOST "$IDLE_CONNS" "$NGINX_MAIN" $(pgrep -P "$NGINX_MAIN"))
-row 5ka nginx "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
+row 5ka nginx "$(field kib_per_conn "$out")" "$(field kib_per_conn_2s "$out")" "$(field errors "$out")"
 # The same connections arriving over time, a tenth every 1.5 s, at a fresh
 # proxy and a fresh nginx: one idle for a second is parked (its buffers given back), and the
 # newer ones reuse what it gave back.
 start_proxy 18096 18090
 out=$("$BIN/examples/bench_client" ka-idle-trickle 127.0.0.1:18096 $APP_HOST "$IDLE_CONNS" $((IDLE_CONNS / 10)) "$PROXY_PID")
-row 5kat preview-proxy "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
+row 5kat preview-proxy "$(field kib_per_conn "$out")" "$(field kib_per_conn_2s "$out")" "$(field errors "$out")"
 kill "$PROXY_PID"
 sed "s#18081#18085#; s#bench-nginx\.#bench-nginx-ka.#g" "$P/nginx-proxy.conf" >"$WORK/nginx-ka.conf"
 nginx -c "$WORK/nginx-ka.conf" & wait_port 18085
 NGINX_KA=$(cat /tmp/bench-nginx-ka.pid)
 out=$("$BIN/examples/bench_client" ka-idle-trickle 127.0.0.1:18085 $APP_HOST "$IDLE_CONNS" $((IDLE_CONNS / 10)) "$NGINX_KA" $(pgrep -P "$NGINX_KA"))
-row 5kat nginx "$(field kib_per_conn "$out")" "$(field conns "$out")" "$(field errors "$out")"
+row 5kat nginx "$(field kib_per_conn "$out")" "$(field kib_per_conn_2s "$out")" "$(field errors "$out")"
 kill "$NGINX_KA"
 for _ in $(seq "$ROUNDS"); do
   for t in direct:18088 nginx:18087 preview-proxy:18089; do
@@ -326,12 +326,12 @@ table("1cpu", "Scenario 1, CPU the proxy spent per request (all its threads; med
       ["user us", "system us"], "nginx", lambda a, b: [f"{a:.2f}", f"{b:.2f}"])
 table("4", "Scenario 4, page-load fan-out (medians of rounds; time of one page load)", ["p50 ms", "p99 ms"], "direct",
       lambda a, b: [f"{a:.2f}", f"{b:.2f}"])
-table("5idle", "Scenario 5, idle WebSocket tunnels", ["KiB per tunnel", "tunnels"], "nginx",
-      lambda a, b: [f"{a:.1f}", f"{b:.0f}"])
-table("5ka", "Scenario 5, idle keep-alive connections", ["KiB per connection", "connections"], "nginx",
-      lambda a, b: [f"{a:.1f}", f"{b:.0f}"])
+table("5idle", "Scenario 5, idle WebSocket tunnels", ["KiB per tunnel idle 12 s", "idle 2 s"], "nginx",
+      lambda a, b: [f"{a:.1f}", f"{b:.1f}"])
+table("5ka", "Scenario 5, idle keep-alive connections", ["KiB per connection idle 12 s", "idle 2 s"], "nginx",
+      lambda a, b: [f"{a:.1f}", f"{b:.1f}"])
 table("5kat", "Scenario 5, idle keep-alive connections arriving over time (a tenth every 1.5 s)",
-      ["KiB per connection", "connections"], "nginx", lambda a, b: [f"{a:.1f}", f"{b:.0f}"])
+      ["KiB per connection idle 12 s", "idle 2 s"], "nginx", lambda a, b: [f"{a:.1f}", f"{b:.1f}"])
 table("5echo", "Scenario 5, 64 connections echoing 32-byte messages", ["messages/s"], "nginx",
       lambda a, b: [f"{a:,.0f}"])
 table("6sse", "Scenario 6, server-sent events, delivery latency", ["p50 ms", "p99 ms"], "direct",

@@ -152,12 +152,9 @@ fn rss_kib(pids: &[String]) -> u64 {
         .sum()
 }
 
-/// Opens `n` connections with `open` (128 at a time), keeps them, and
-/// says how much the pids' RSS grew per connection (KiB), and how many
-/// opened.
 /// Opens `n` connections with `open` (`batch` at a time 1.5 s apart, or
 /// all at once for 0) and keeps them; RSS growth per connection.
-async fn idle<T, F, Fut>(n: usize, batch: usize, pids: &[String], open: F) -> (usize, u64, u64, f64)
+async fn idle<T, F, Fut>(n: usize, batch: usize, pids: &[String], open: F) -> Idle
 where
     T: Send + 'static,
     F: Fn() -> Fut + Clone + Send + 'static,
@@ -187,29 +184,43 @@ where
             tokio::time::sleep(Duration::from_millis(1500)).await;
         }
     }
-    // Let every connection settle into its idle state.
+    // Let every connection settle into its idle state: RSS after 2 s, and
+    // after 12 s, once an allocator that returns freed pages has done so.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let early = rss_kib(pids);
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let after = rss_kib(pids);
-    let count = opened.lock().await.len();
-    (count, before, after, after.saturating_sub(before) as f64 / count.max(1) as f64)
+    let open = opened.lock().await.len();
+    let per = |rss: u64| rss.saturating_sub(before) as f64 / open.max(1) as f64;
+    Idle { open, before, after, per: per(after), per_early: per(early) }
+}
+
+/// What `idle` saw: connections opened, RSS before and 12 s after (KiB),
+/// KiB per connection 12 s and 2 s after the last opened.
+struct Idle {
+    open: usize,
+    before: u64,
+    after: u64,
+    per: f64,
+    per_early: f64,
 }
 
 async fn ws_idle(addr: &str, host: &str, tunnels: usize, pids: &[String]) {
     let (addr, host) = (addr.to_string(), host.to_string());
-    let (open, before, after, per) = idle(tunnels, 0, pids, move || {
+    let Idle { open, before, after, per, per_early } = idle(tunnels, 0, pids, move || {
         let (addr, host) = (addr.clone(), host.clone());
         async move { ws_open(&addr, &host).await }
     })
     .await;
     println!(
-        "tunnels={open} errors={} rss_before_kib={before} rss_after_kib={after} kib_per_tunnel={per:.2}",
+        "tunnels={open} errors={} rss_before_kib={before} rss_after_kib={after} kib_per_tunnel={per:.2} kib_per_tunnel_2s={per_early:.2}",
         tunnels - open
     );
 }
 
 async fn ka_idle(addr: &str, host: &str, conns: usize, batch: usize, pids: &[String]) {
     let (addr, host) = (addr.to_string(), host.to_string());
-    let (open, before, after, per) = idle(conns, batch, pids, move || {
+    let Idle { open, before, after, per, per_early } = idle(conns, batch, pids, move || {
         let (addr, host) = (addr.clone(), host.clone());
         async move {
             let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&addr)).await.ok()?.ok()?;
@@ -220,7 +231,7 @@ async fn ka_idle(addr: &str, host: &str, conns: usize, batch: usize, pids: &[Str
     })
     .await;
     println!(
-        "conns={open} errors={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={per:.2}",
+        "conns={open} errors={} rss_before_kib={before} rss_after_kib={after} kib_per_conn={per:.2} kib_per_conn_2s={per_early:.2}",
         conns - open
     );
 }
