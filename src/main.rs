@@ -13,11 +13,11 @@ use preview_proxy::server::{self, StartError};
 const DEFAULT_CONFIG: &str = "config/proxy.toml";
 
 /// jemalloc, not glibc's malloc: 4 % fewer instructions per request, and
-/// memory freed by idle connections goes back to the system. glibc keeps
-/// freed pages in its per-thread arenas, so 5,000 parked keep-alive
-/// connections held 14 KiB of RSS each, for good; with jemalloc's background
-/// thread and a one-second decay (`.cargo/config.toml`) they hold about
-/// 1.5 KiB (BENCHMARKS.md, seventh round).
+/// memory that idle connections free goes back to the system. glibc keeps
+/// freed pages in its per-thread arenas: 5,000 parked keep-alive connections
+/// held 14 KiB of RSS each for good; jemalloc's background thread, with a
+/// one-second decay (`.cargo/config.toml`), returns them (BENCHMARKS.md,
+/// seventh round).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

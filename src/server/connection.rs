@@ -169,6 +169,7 @@ async fn serve_http1<I, S, B>(
         let _parked = counts.parked();
         let (mut watched, mut first) = (parts.io.into_inner(), parts.read_buf.to_vec());
         service = parts.service;
+        drop(parts.read_buf); // Even empty, it holds hyper's whole read buffer.
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(idle.saturating_sub(PARK_AFTER), watched.read(&mut byte));
         tokio::select! {
