@@ -188,13 +188,6 @@ async fn metrics_count_answers_by_class_and_error_code() {
     }
 }
 
-/// Idle HTTP/1 connections parked, as `/metrics` counts them.
-fn parked(proxy: &TestProxy) -> f64 {
-    let text = proxy.proxy.proxy.shared.metrics.render(0);
-    let line = text.lines().find(|l| l.starts_with("preview_proxy_client_connections_parked ")).expect("the gauge");
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 /// Reads one answer with a `content-length` body; returns its status line.
 async fn read_answer(s: &mut TcpStream) -> String {
     let mut head = Vec::new();

@@ -531,6 +531,13 @@ pub fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// Idle HTTP/1 connections parked, as `/metrics` counts them.
+pub fn parked(proxy: &TestProxy) -> f64 {
+    let text = proxy.proxy.proxy.shared.metrics.render(0);
+    let line = text.lines().find(|l| l.starts_with("preview_proxy_client_connections_parked ")).expect("the gauge");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// Polls `check` until it holds, for at most five seconds.
 pub async fn wait_for<F, Fut>(check: F)
 where
