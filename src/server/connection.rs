@@ -9,9 +9,9 @@ use std::convert::Infallible;
 use std::future::Future;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Frame, SizeHint};
@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::client_io::{Clock, StreamExecutor, StreamWatch, Watched};
+use super::head_timer::{HeadTimer, PARK_AFTER};
 use super::Server;
 use crate::metrics::Counts;
 use crate::pipeline::access_log::Logged;
@@ -36,9 +37,6 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FIRST_READ: usize = 4096;
 /// Request headers, all of them (431 beyond, as nginx's default buffers).
 const MAX_HEADERS: usize = 64 * 1024;
-/// An HTTP/1 connection idle this long between requests is parked (its
-/// buffers given back) until the next request's first byte.
-const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The protocol a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -154,7 +152,7 @@ async fn serve_http1<I, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
-        let timer = HeadTimer { header_read, idle, reads: clock.clone(), used: AtomicBool::new(false) };
+        let timer = HeadTimer::new(header_read, idle, clock.clone());
         let mut conn = http1::Builder::new()
             .timer(timer)
             .header_read_timeout(header_read)
@@ -251,116 +249,6 @@ async fn idle_out(idle: Option<(&Streams, Duration)>) {
         None => std::future::pending().await,
     }
 }
-
-/// hyper's HTTP/1 header-read timer, made to tell idle keep-alive from a
-/// slow request: hyper starts it when it waits for a request. The first
-/// request's headers must arrive within `header_read`; between requests
-/// the connection may idle for `idle`, and once the next request's first
-/// byte arrives its headers have `header_read`.
-struct HeadTimer {
-    header_read: Duration,
-    idle: Duration,
-    reads: Arc<Clock>,
-    /// A first request has been waited for.
-    used: AtomicBool,
-}
-
-impl hyper::rt::Timer for HeadTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HeadSleep::new(self, Instant::now(), duration, false))
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        let keep_alive = self.used.swap(true, Ordering::Relaxed);
-        Box::pin(HeadSleep::new(self, deadline - self.header_read, self.header_read, keep_alive))
-    }
-
-    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
-        match sleep.as_mut().downcast_mut_pin::<HeadSleep>() {
-            Some(head) => {
-                let head = head.project();
-                *head.started = new_deadline - self.header_read;
-                *head.keep_alive = true;
-                *head.reads_at_start = self.reads.reads();
-                *head.first_byte = None;
-                *head.park_asked = false;
-            }
-            None => *sleep = self.sleep_until(new_deadline),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// hyper's wait for a request head (one per request): its `Sleep` is
-    /// kept inline, one allocation a request fewer than boxing it.
-    struct HeadSleep {
-        // When hyper began waiting for a request.
-        started: Instant,
-        header_read: Duration,
-        idle: Duration,
-        // Waiting for a request after the first.
-        keep_alive: bool,
-        // The read count when the wait began.
-        reads_at_start: u64,
-        // When that request's first byte was noticed.
-        first_byte: Option<Instant>,
-        // Parking the idle connection has been asked for.
-        park_asked: bool,
-        reads: Arc<Clock>,
-        #[pin]
-        sleep: tokio::time::Sleep,
-    }
-}
-
-impl HeadSleep {
-    fn new(timer: &HeadTimer, started: Instant, header_read: Duration, keep_alive: bool) -> HeadSleep {
-        HeadSleep {
-            started,
-            header_read,
-            idle: timer.idle,
-            keep_alive,
-            reads_at_start: timer.reads.reads(),
-            first_byte: None,
-            park_asked: false,
-            reads: timer.reads.clone(),
-            sleep: tokio::time::sleep_until((started + header_read).into()),
-        }
-    }
-}
-
-impl Future for HeadSleep {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        if *this.keep_alive && this.first_byte.is_none() && this.reads.reads() != *this.reads_at_start {
-            *this.first_byte = Some(Instant::now());
-        }
-        // Idle between requests, first until it is time to park.
-        let parks = *this.keep_alive && this.first_byte.is_none() && !*this.park_asked && *this.idle > PARK_AFTER;
-        let deadline = match (*this.keep_alive, *this.first_byte) {
-            (false, _) => *this.started + *this.header_read,
-            (true, None) if parks => *this.started + PARK_AFTER,
-            (true, None) => *this.started + *this.idle,
-            (true, Some(first)) => first + *this.header_read,
-        };
-        if this.sleep.deadline() != deadline.into() {
-            this.sleep.as_mut().reset(deadline.into());
-        }
-        ready!(this.sleep.as_mut().poll(cx));
-        if !parks {
-            return Poll::Ready(());
-        }
-        *this.park_asked = true;
-        this.reads.ask_park(*this.reads_at_start);
-        // The connection's driver looks at the request when polled next.
-        cx.waker().wake_by_ref();
-        this.sleep.as_mut().reset((*this.started + *this.idle).into());
-        this.sleep.poll(cx)
-    }
-}
-
-impl hyper::rt::Sleep for HeadSleep {}
 
 /// Open streams of an HTTP/2 connection, and since when it has had none.
 struct Streams {

@@ -4,6 +4,7 @@
 
 mod client_io;
 mod connection;
+mod head_timer;
 pub mod tls;
 mod workers;
 
