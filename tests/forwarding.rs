@@ -406,6 +406,38 @@ async fn upstream_timeout_is_504() {
     assert_eq!(a.json()["code"], "UPSTREAM_TIMEOUT");
 }
 
+/// The pool keeps each request's response-head timer for later requests:
+/// a kept one waits its full time again, after an answer and after a
+/// timeout alike (an old deadline left in place would end it at once).
+#[tokio::test]
+async fn a_kept_upstream_timer_waits_its_full_time_again() {
+    let app = serve(|req| async move {
+        if req.uri().path() == "/slow" {
+            std::future::pending::<()>().await;
+        }
+        Response::new(full("fast"))
+    })
+    .await;
+    let (mut config, _dir, _) =
+        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    let limit = Duration::from_millis(400);
+    config.upstream_timeout = limit;
+    let proxy = TestProxy::start(config).await;
+    let host = format!("{}-demo.preview.localhost", app.port());
+    for path in ["/fast", "/slow", "/slow", "/fast", "/slow"] {
+        let started = std::time::Instant::now();
+        let a = get(&proxy, &host, path).await;
+        let took = started.elapsed();
+        match path {
+            "/fast" => assert_eq!((a.status.as_u16(), a.text().as_str()), (200, "fast")),
+            _ => {
+                assert_eq!(a.status, 504, "{path}");
+                assert!(took >= limit && took < limit * 5, "{path}: answered after {took:?}");
+            }
+        }
+    }
+}
+
 /// An app that sends headers and part of the body, then drops the connection.
 async fn truncating_app(head: &'static str) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -19,6 +19,8 @@ pub(super) enum Failure {
     Connect(BoxError),
     /// No connection under the cap became free in time.
     Busy,
+    /// No response head within the upstream timeout.
+    TimedOut,
     /// The connection failed; `unsent` is the request when it provably never
     /// left.
     Request {
@@ -59,6 +61,7 @@ fn io_kind(err: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
 pub(super) fn classify(failure: Failure, port: Port, direct: bool) -> ProxyError {
     match failure {
         Failure::Busy => ProxyError::UpstreamBusy,
+        Failure::TimedOut => ProxyError::UpstreamTimeout(port),
         Failure::Connect(err) => match (io_kind(&*err), direct) {
             (Some(io::ErrorKind::TimedOut), _) => ProxyError::UpstreamTimeout(port),
             (Some(io::ErrorKind::ConnectionRefused), true) => ProxyError::PortNotListening(port),

@@ -8,8 +8,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, HOST};
@@ -21,6 +23,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::failure::{classify, is_stale, Failure};
@@ -37,6 +40,8 @@ type Sender = SendRequest<RequestBody>;
 /// idle timeouts close them under a request.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_IDLE_PER_HOST: usize = 512;
+/// Response-head timers kept for later requests, at most.
+const SPARE_TIMERS: usize = 256;
 
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
@@ -49,6 +54,12 @@ pub struct Pool {
     freed: Arc<Notify>,
     /// The task that closes idle connections nobody asks for runs.
     sweeping: AtomicBool,
+    /// Response-head timers of requests that have their answer, for the
+    /// next ones: a tokio timer still in the wheel moves to a later
+    /// deadline without a lock, where a new one is put into the wheel and
+    /// taken out again for each request (callgrind). Each worker has its
+    /// pool, so each timer stays on the runtime it was made on.
+    timers: Mutex<Vec<Pin<Box<Sleep>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -195,6 +206,7 @@ impl Pool {
             cap,
             wait: config.upstream_connect_timeout,
             freed: Arc::default(),
+            timers: Mutex::default(),
             sweeping: AtomicBool::new(false),
             metrics: metrics.clone(),
         }
@@ -252,12 +264,38 @@ impl Pool {
             let (resp, lease) = self.send_once(&key, again, false).await?;
             Ok((resp, lease, None))
         };
-        // Pinned where it is: the timeout holds a reference, not a copy.
-        let answered = tokio::time::timeout(timeout, std::pin::pin!(attempt)).await;
+        let mut timer = self.timer(tokio::time::Instant::now() + timeout);
+        let answered = {
+            // Pinned where it is: polled by reference, not moved.
+            let mut attempt = std::pin::pin!(attempt);
+            std::future::poll_fn(|cx| match attempt.as_mut().poll(cx) {
+                Poll::Ready(answered) => Poll::Ready(answered),
+                Poll::Pending => timer.as_mut().poll(cx).map(|()| Err(Failure::TimedOut)),
+            })
+            .await
+        };
+        self.timer_done(timer);
         match answered {
-            Ok(Ok((resp, lease, replay))) => Ok((resp, lease, replay.map(|req| Outgoing { key, req }))),
-            Ok(Err(failure)) => Err(classify(failure, port, direct)),
-            Err(_) => Err(ProxyError::UpstreamTimeout(port)),
+            Ok((resp, lease, replay)) => Ok((resp, lease, replay.map(|req| Outgoing { key, req }))),
+            Err(failure) => Err(classify(failure, port, direct)),
+        }
+    }
+
+    /// A timer for `deadline`, one kept from an earlier request if there is.
+    fn timer(&self, deadline: tokio::time::Instant) -> Pin<Box<Sleep>> {
+        match self.timers.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    fn timer_done(&self, timer: Pin<Box<Sleep>>) {
+        let mut timers = self.timers.lock().unwrap_or_else(|e| e.into_inner());
+        if timers.len() < SPARE_TIMERS {
+            timers.push(timer);
         }
     }
 
