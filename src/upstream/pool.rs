@@ -58,7 +58,9 @@ pub struct Pool {
     /// next ones: a tokio timer still in the wheel moves to a later
     /// deadline without a lock, where a new one is put into the wheel and
     /// taken out again for each request (callgrind). Each worker has its
-    /// pool, so each timer stays on the runtime it was made on.
+    /// pool, so each timer stays on the runtime it was made on. A kept
+    /// timer holds the waker of the last request that polled it until its
+    /// old deadline passes or the next request polls it.
     timers: Mutex<Vec<Pin<Box<Sleep>>>>,
     metrics: Arc<Metrics>,
 }
