@@ -2,7 +2,7 @@
 //! by routing each request to the runner or app that hosts the sandbox.
 //!
 //! Layers, each using only those before it (`scripts/check-layers` checks):
-//! `http`, `file_watch`, `metrics` (leaves) -> `config` -> `control_plane`
+//! `http`, `file_watch`, `metrics`, `timers` (leaves) -> `config` -> `control_plane`
 //! -> `error` -> `upstream` -> `pipeline` -> `server` -> the binary.
 
 pub mod config;
@@ -13,4 +13,5 @@ pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
+pub mod timers;
 pub mod upstream;

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("http", 0),
     ("file_watch", 0),
     ("metrics", 0),
+    ("timers", 0),
     ("config", 1),
     ("control_plane", 2),
     ("error", 3),

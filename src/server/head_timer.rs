@@ -8,13 +8,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::time::Sleep;
 
 use super::client_io::Clock;
+use crate::timers::KeptTimers;
 
 /// An HTTP/1 connection idle this long between requests is parked (its
 /// buffers given back) until the next request's first byte.
@@ -33,17 +34,14 @@ pub struct HeadTimer {
 /// What each wait for a request head shares with the connection.
 struct Shared {
     reads: Arc<Clock>,
-    /// The tokio timer of the last wait, kept for the next. hyper makes a
-    /// wait for each request and drops it once the head is read; a tokio
-    /// timer still in the wheel moves to a later deadline without a lock,
-    /// where a new one is put into the wheel and taken out again for each
-    /// request (callgrind).
-    spare: Mutex<Option<Pin<Box<Sleep>>>>,
+    /// The tokio timer of the last wait, kept for the next: hyper makes a
+    /// wait for each request and drops it once the head is read.
+    spare: KeptTimers,
 }
 
 impl HeadTimer {
     pub fn new(header_read: Duration, idle: Duration, reads: Arc<Clock>) -> HeadTimer {
-        let shared = Arc::new(Shared { reads, spare: Mutex::new(None) });
+        let shared = Arc::new(Shared { reads, spare: KeptTimers::new(1) });
         HeadTimer { header_read, idle, shared, used: AtomicBool::new(false) }
     }
 }
@@ -95,7 +93,6 @@ struct HeadSleep {
 
 impl HeadSleep {
     fn new(timer: &HeadTimer, started: Instant, header_read: Duration, keep_alive: bool) -> HeadSleep {
-        let spare = timer.shared.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
         HeadSleep {
             started,
             header_read,
@@ -105,7 +102,7 @@ impl HeadSleep {
             first_byte: None,
             park_asked: false,
             shared: timer.shared.clone(),
-            sleep: spare,
+            sleep: timer.shared.spare.take(),
         }
     }
 }
@@ -152,7 +149,7 @@ impl Future for HeadSleep {
 impl Drop for HeadSleep {
     fn drop(&mut self) {
         if let Some(sleep) = self.sleep.take() {
-            *self.shared.spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(sleep);
+            self.shared.spare.give_back(sleep);
         }
     }
 }

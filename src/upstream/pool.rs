@@ -8,7 +8,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -23,7 +22,6 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::Notify;
-use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::failure::{classify, is_stale, Failure};
@@ -33,6 +31,7 @@ use crate::error::ProxyError;
 use crate::http::host::Port;
 use crate::http::is_upgrade;
 use crate::metrics::Metrics;
+use crate::timers::KeptTimers;
 
 type Sender = SendRequest<RequestBody>;
 
@@ -55,13 +54,8 @@ pub struct Pool {
     /// The task that closes idle connections nobody asks for runs.
     sweeping: AtomicBool,
     /// Response-head timers of requests that have their answer, for the
-    /// next ones: a tokio timer still in the wheel moves to a later
-    /// deadline without a lock, where a new one is put into the wheel and
-    /// taken out again for each request (callgrind). Each worker has its
-    /// pool, so each timer stays on the runtime it was made on. A kept
-    /// timer holds the waker of the last request that polled it until its
-    /// old deadline passes or the next request polls it.
-    timers: Mutex<Vec<Pin<Box<Sleep>>>>,
+    /// next ones (each worker has its pool, so its own timers).
+    timers: KeptTimers,
     metrics: Arc<Metrics>,
 }
 
@@ -208,7 +202,7 @@ impl Pool {
             cap,
             wait: config.upstream_connect_timeout,
             freed: Arc::default(),
-            timers: Mutex::default(),
+            timers: KeptTimers::new(SPARE_TIMERS),
             sweeping: AtomicBool::new(false),
             metrics: metrics.clone(),
         }
@@ -266,7 +260,7 @@ impl Pool {
             let (resp, lease) = self.send_once(&key, again, false).await?;
             Ok((resp, lease, None))
         };
-        let mut timer = self.timer(tokio::time::Instant::now() + timeout);
+        let mut timer = self.timers.until(tokio::time::Instant::now() + timeout);
         let answered = {
             // Pinned where it is: polled by reference, not moved.
             let mut attempt = std::pin::pin!(attempt);
@@ -276,28 +270,10 @@ impl Pool {
             })
             .await
         };
-        self.timer_done(timer);
+        self.timers.give_back(timer);
         match answered {
             Ok((resp, lease, replay)) => Ok((resp, lease, replay.map(|req| Outgoing { key, req }))),
             Err(failure) => Err(classify(failure, port, direct)),
-        }
-    }
-
-    /// A timer for `deadline`, one kept from an earlier request if there is.
-    fn timer(&self, deadline: tokio::time::Instant) -> Pin<Box<Sleep>> {
-        match self.timers.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            Some(mut timer) => {
-                timer.as_mut().reset(deadline);
-                timer
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        }
-    }
-
-    fn timer_done(&self, timer: Pin<Box<Sleep>>) {
-        let mut timers = self.timers.lock().unwrap_or_else(|e| e.into_inner());
-        if timers.len() < SPARE_TIMERS {
-            timers.push(timer);
         }
     }
 
