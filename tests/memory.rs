@@ -39,9 +39,11 @@ async fn one_request(proxy: &TestProxy, request: &str) -> TcpStream {
 async fn a_parked_connection_holds_no_buffer_of_hyper() {
     // An idle keep-alive connection is parked after a second: hyper's
     // connection and its read and write buffers (8 KiB each at least) are
-    // given back. What stays is the connection's task, its socket's
-    // registration and its state: about 4.5 KiB here (13 KiB when the
-    // read buffer was kept).
+    // given back, and the connection waits in a task the size of what it
+    // keeps. What stays is that task, its socket's registration and its
+    // state: about 2.7 KiB in this (debug) build; 4.2 KiB when it waited
+    // in the task that had served it, sized for hyper's connection, and
+    // 13 KiB when hyper's read buffer was kept.
     const CONNS: usize = 200;
     let app = serve(|_req| async { hyper::Response::new(full("hello")) }).await;
     let (config, _dir, _) = registry_config(DEMO);
@@ -56,6 +58,7 @@ async fn a_parked_connection_holds_no_buffer_of_hyper() {
     }
     wait_for(|| async { parked(&proxy) == (CONNS + 1) as f64 }).await;
     let per_connection = allocated().saturating_sub(before) / CONNS;
-    assert!(per_connection < 8 * 1024, "{per_connection} bytes allocated per parked connection");
+    eprintln!("{per_connection} bytes allocated per parked connection");
+    assert!(per_connection < 3584, "{per_connection} bytes allocated per parked connection");
     drop(kept);
 }

@@ -144,10 +144,10 @@ async fn serve_cleartext(
     server: Arc<Server>,
     peer: Peer,
     closing: watch::Receiver<bool>,
-    _counted: OpenConnection,
+    counted: OpenConnection,
 ) {
     let Some(opening) = connection::detect(&mut stream, server.config().header_read_timeout).await else { return };
-    connection::serve(stream, opening, server, peer, closing).await;
+    connection::serve(stream, opening, server, peer, closing, counted).await;
 }
 
 /// A TLS connection: the handshake within its limit, then the protocol
@@ -157,7 +157,7 @@ async fn serve_tls(
     server: Arc<Server>,
     peer: Peer,
     closing: watch::Receiver<bool>,
-    _counted: OpenConnection,
+    counted: OpenConnection,
 ) {
     let Some(tls) = &server.tls else { return };
     let stream = match tokio::time::timeout(server.config().tls_handshake_timeout, tls.acceptor().accept(stream)).await
@@ -170,7 +170,7 @@ async fn serve_tls(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    connection::serve(stream, (protocol, Vec::new()), server.clone(), peer, closing).await;
+    connection::serve(stream, (protocol, Vec::new()), server.clone(), peer, closing, counted).await;
 }
 
 /// Counts an open client connection while it lives.
