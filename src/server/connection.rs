@@ -193,9 +193,9 @@ where
             return;
         }
         let Some(parts) = hyper_conn.into_parts() else { return };
+        // The read buffer is copied, not kept: even empty, it holds
+        // hyper's whole one. It goes with the rest of `parts` as this task ends.
         let (io, first) = (parts.io.into_inner(), parts.read_buf.to_vec());
-        // Even empty, the read buffer holds hyper's whole one.
-        drop((parts.read_buf, parts.service));
         let conn = Http1 { io, server, peer, clock, counts, closing, held };
         tokio::spawn(park(conn, first, idle.saturating_sub(PARK_AFTER)));
     })
