@@ -247,6 +247,35 @@ async fn an_idle_keep_alive_connection_is_parked_and_keeps_its_limits() {
 }
 
 #[tokio::test]
+async fn parked_connections_close_each_at_its_own_idle_limit() {
+    // A worker's parked connections wait in one lot, swept for those past
+    // their limit: each closes its idle limit after its own last answer,
+    // not with the first one due.
+    let app = App::start().await;
+    let (mut config, _dir, _) = registry_config(DEMO);
+    config.idle_timeout = Duration::from_secs(3);
+    let proxy = TestProxy::start(config).await;
+    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    let mut first = TcpStream::connect(proxy.addr).await.unwrap();
+    first.write_all(request.as_bytes()).await.unwrap();
+    read_answer(&mut first).await;
+    let first_answered = std::time::Instant::now();
+    wait_for(|| async { parked(&proxy) == 1.0 }).await;
+    let mut second = TcpStream::connect(proxy.addr).await.unwrap();
+    second.write_all(request.as_bytes()).await.unwrap();
+    read_answer(&mut second).await;
+    let second_answered = std::time::Instant::now();
+    wait_for(|| async { parked(&proxy) == 2.0 }).await;
+    for (mut s, answered) in [(first, first_answered), (second, second_answered)] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut rest)).await.expect("closed").unwrap();
+        let took = answered.elapsed();
+        assert!(took > Duration::from_millis(2800) && took < Duration::from_millis(3600), "closed after {took:?}");
+    }
+    wait_for(|| async { parked(&proxy) == 0.0 }).await;
+}
+
+#[tokio::test]
 async fn a_parked_connection_is_closed_at_once_when_the_proxy_shuts_down() {
     let app = App::start().await;
     let (mut config, _dir, _) = registry_config(DEMO);

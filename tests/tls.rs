@@ -132,6 +132,34 @@ async fn replaced_certificates_are_reloaded_without_dropping_connections() {
 }
 
 #[tokio::test]
+async fn an_idle_tls_connection_is_parked_and_served_again() {
+    // TLS connections park in a lot of their own kind; the session (and
+    // its keys) goes with the parked connection and serves on after it.
+    let app = App::start().await;
+    let s = setup(true);
+    let proxy = TestProxy::start(s.config.clone()).await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let name = ServerName::try_from("3000-demo.preview.example.com").unwrap();
+    let tls = connector(&[s.wildcard.as_slice()], &[b"http/1.1"]).connect(name, tcp).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let host = format!("{}-demo.preview.example.com", app.addr.port());
+    for path in ["/first", "/after-parking"] {
+        let req = Request::get(path).header("host", &host).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let resp = sender.send_request(req).await.expect("answered on the same connection");
+        assert_eq!(resp.status(), 200, "{path}");
+        resp.into_body().collect().await.unwrap();
+        if path == "/first" {
+            wait_for(|| async { parked(&proxy) == 1.0 }).await;
+        }
+    }
+    let seen: Vec<_> = app.seen().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(seen, ["/first", "/after-parking"]);
+    assert_eq!(parked(&proxy), 0.0);
+}
+
+#[tokio::test]
 async fn http2_by_alpn_with_many_streams() {
     let app = App::start().await;
     let s = setup(true);

@@ -265,9 +265,9 @@ impl Counts {
         }
     }
 
-    /// An idle HTTP/1 connection parked until the guard drops.
-    pub fn parked(self: &Arc<Self>) -> Open {
-        Open::new(self, |c| &c.parked)
+    /// Idle HTTP/1 connections parked (`change` more, or fewer).
+    pub fn parked(&self, change: i64) {
+        self.parked.fetch_add(change, Ordering::Relaxed);
     }
 
     /// Body bytes (and tunnel bytes) from clients and to them.

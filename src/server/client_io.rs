@@ -86,6 +86,10 @@ impl<I> Watched<I> {
         Watched { inner, first, at: 0, clock, send: send_limit.map(IdleLimit::new) }
     }
 
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
     /// Back from parking: `first` is read before the stream again.
     pub fn unpark(&mut self, first: Vec<u8>) {
         self.first = first;

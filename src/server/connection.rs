@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,9 +24,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::client_io::{Clock, StreamExecutor, StreamWatch, Watched};
-use super::head_timer::{HeadTimer, PARK_AFTER};
-use super::Server;
-use crate::metrics::Counts;
+use super::head_timer::HeadTimer;
+use super::park::{Http1, Lot};
+use super::{OpenConnection, Server};
 use crate::pipeline::access_log::Logged;
 use crate::pipeline::Peer;
 
@@ -80,9 +81,10 @@ pub async fn serve<I>(
     io: I,
     (protocol, first): (Protocol, Vec<u8>),
     server: Arc<Server>,
-    peer: Peer,
+    peer: (SocketAddr, bool),
     closing: watch::Receiver<bool>,
-    held: impl Send + 'static,
+    held: OpenConnection,
+    lot: Lot<I>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -92,13 +94,12 @@ pub async fn serve<I>(
     let send_limit = server.config().response_idle_timeout;
     let io = Watched::new(io, first, clock.clone(), send_limit);
     if protocol == Protocol::Http1 {
-        let held = Box::new((open, held));
-        return serve_http1(Http1 { io, server, peer, clock, counts, closing, held }).await;
+        return serve_http1(Http1 { io, server, peer, closing, held: (open, held), lot }).await;
     }
     let config = server.config();
     let (idle, streams_limit) = (config.idle_timeout, config.max_concurrent_streams);
     let streams = Arc::new(Streams { base: Instant::now(), open: AtomicUsize::new(0), idle_since: AtomicU64::new(0) });
-    let service = service(server.clone(), peer, Some(streams.clone()), clock);
+    let service = service(server.clone(), Peer::new(peer.0, peer.1), Some(streams.clone()), clock);
     let conn = http2::Builder::new(StreamExecutor { limit: send_limit })
         .timer(TokioTimer::new())
         .max_concurrent_streams(streams_limit)
@@ -148,37 +149,32 @@ fn service(
     })
 }
 
-/// An HTTP/1 connection between hyper's connections: what lasts while it
-/// is served, parked, and served again.
-struct Http1<I> {
-    io: Watched<I>,
-    server: Arc<Server>,
-    peer: Peer,
-    clock: Arc<Clock>,
-    counts: Arc<Counts>,
-    closing: watch::Receiver<bool>,
-    /// What counts the connection as open.
-    held: Box<dyn Send>,
+/// Serves a parked connection again, in a task of its own.
+pub fn resume<I>(conn: Http1<I>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(serve_http1(conn));
 }
 
 /// Serves HTTP/1 requests until the connection ends or has idled for
-/// [`PARK_AFTER`]. Then it is parked: hyper's connection, with its read
+/// [`PARK_AFTER`](super::head_timer::PARK_AFTER). Then it is parked: hyper's connection, with its read
 /// and write buffers (16 KiB), is dropped, and the connection waits for
-/// its next request in a task of its own, the size of what is kept (this
-/// one's future is sized for hyper's connection: 1.9 KB, not 0.9). The
-/// connection still closes `IDLE_TIMEOUT_SEC` after its last request.
-/// A function returning a boxed future, not an `async fn`: serving and
-/// parking start each other.
+/// its next request in its worker's [`Lot`], which serves it again in a
+/// new task. It still closes `IDLE_TIMEOUT_SEC` after its last request.
+/// A function returning a boxed future, not an `async fn`: it may start
+/// itself.
 fn serve_http1<I>(conn: Http1<I>) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     Box::pin(async move {
-        let Http1 { io, server, peer, clock, counts, closing, held } = conn;
+        let Http1 { io, server, peer, closing, held, lot } = conn;
+        let clock = io.clock().clone();
         let config = server.config();
         let (header_read, idle) = (config.header_read_timeout, config.idle_timeout);
         let timer = HeadTimer::new(header_read, idle, clock.clone());
-        let service = service(server.clone(), peer.clone(), None, clock.clone());
+        let service = service(server.clone(), Peer::new(peer.0, peer.1), None, clock.clone());
         let mut hyper_conn = http1::Builder::new()
             .timer(timer)
             .header_read_timeout(header_read)
@@ -193,31 +189,16 @@ where
             return;
         }
         let Some(parts) = hyper_conn.into_parts() else { return };
-        // The read buffer is copied, not kept: even empty, it holds
-        // hyper's whole one. It goes with the rest of `parts` as this task ends.
-        let (io, first) = (parts.io.into_inner(), parts.read_buf.to_vec());
-        let conn = Http1 { io, server, peer, clock, counts, closing, held };
-        tokio::spawn(park(conn, first, idle.saturating_sub(PARK_AFTER)));
+        let mut conn = Http1 { io: parts.io.into_inner(), server, peer, closing, held, lot };
+        match parts.read_buf.is_empty() {
+            true => Lot::park(conn),
+            // Not idle after all (a byte came as it parked): served on.
+            false => {
+                conn.io.unpark(parts.read_buf.to_vec());
+                resume(conn);
+            }
+        }
     })
-}
-
-/// A parked connection: waits up to `idle` for the next request's first
-/// byte, then serves it in a new task.
-async fn park<I>(mut conn: Http1<I>, mut first: Vec<u8>, idle: Duration)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let parked = conn.counts.parked();
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(idle, conn.io.read(&mut byte));
-    tokio::select! {
-        read = read => if !matches!(read, Ok(Ok(1))) { return },
-        _ = conn.closing.wait_for(|c| *c) => return,
-    }
-    drop(parked);
-    first.push(byte[0]);
-    conn.io.unpark(first);
-    tokio::spawn(serve_http1(conn));
 }
 
 /// Runs a connection to its end; shuts it down gracefully when `closing`

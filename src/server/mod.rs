@@ -5,23 +5,26 @@
 mod client_io;
 mod connection;
 mod head_timer;
+mod park;
 pub mod tls;
 mod workers;
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use connection::Protocol;
+use park::Lot;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
 use crate::control_plane::ControlPlane;
 use crate::pipeline::access_log::Lines;
-use crate::pipeline::{Peer, Proxy};
+use crate::pipeline::Proxy;
 use crate::upstream::tunnel::Tunnels;
 use tls::Tls;
 pub use workers::{run_workers, serve_metrics, shutdown_signal, StartError};
@@ -91,6 +94,12 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
     let shutdown_timeout = config.shutdown_timeout;
     let (closing, closing_rx) = watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
+    // Idle HTTP/1 connections wait here from a second after their last
+    // request (`PARK_AFTER`) until `IDLE_TIMEOUT_SEC` after it.
+    let parked_for = config.idle_timeout.saturating_sub(head_timer::PARK_AFTER);
+    let counts = server.proxy.shared.metrics.local();
+    let cleartext = Lot::<TcpStream>::start(parked_for, closing_rx.clone(), counts.clone(), connection::resume);
+    let tls = Lot::<TlsStream>::start(parked_for, closing_rx.clone(), counts.clone(), connection::resume);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -108,15 +117,15 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
         };
         let _ = stream.set_nodelay(true);
         // Whether the peer is a front proxy is decided once per connection.
-        let peer = Peer::new(peer, config.is_trusted_proxy(peer.ip()));
+        let peer = (peer, config.is_trusted_proxy(peer.ip()));
         let (server, closing) = (server.clone(), closing_rx.clone());
         let counted = OpenConnection::new(&open);
         // Boxed: a task's future is moved several times between spawn and
         // finish. One function each for TLS and cleartext, so a cleartext
         // connection's future is not sized for TLS's state.
         match server.tls.is_some() {
-            false => tokio::spawn(Box::pin(serve_cleartext(stream, server, peer, closing, counted))),
-            true => tokio::spawn(Box::pin(serve_tls(stream, server, peer, closing, counted))),
+            false => tokio::spawn(Box::pin(serve_cleartext(stream, server, peer, closing, counted, cleartext.clone()))),
+            true => tokio::spawn(Box::pin(serve_tls(stream, server, peer, closing, counted, tls.clone()))),
         };
     }
     drop(listener);
@@ -142,12 +151,13 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
 async fn serve_cleartext(
     mut stream: TcpStream,
     server: Arc<Server>,
-    peer: Peer,
+    peer: (SocketAddr, bool),
     closing: watch::Receiver<bool>,
     counted: OpenConnection,
+    lot: Lot<TcpStream>,
 ) {
     let Some(opening) = connection::detect(&mut stream, server.config().header_read_timeout).await else { return };
-    connection::serve(stream, opening, server, peer, closing, counted).await;
+    connection::serve(stream, opening, server, peer, closing, counted, lot).await;
 }
 
 /// A TLS connection: the handshake within its limit, then the protocol
@@ -155,9 +165,10 @@ async fn serve_cleartext(
 async fn serve_tls(
     stream: TcpStream,
     server: Arc<Server>,
-    peer: Peer,
+    peer: (SocketAddr, bool),
     closing: watch::Receiver<bool>,
     counted: OpenConnection,
+    lot: Lot<TlsStream>,
 ) {
     let Some(tls) = &server.tls else { return };
     let stream = match tokio::time::timeout(server.config().tls_handshake_timeout, tls.acceptor().accept(stream)).await
@@ -170,8 +181,10 @@ async fn serve_tls(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    connection::serve(stream, (protocol, Vec::new()), server.clone(), peer, closing, counted).await;
+    connection::serve(stream, (protocol, Vec::new()), server.clone(), peer, closing, counted, lot).await;
 }
+
+type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// Counts an open client connection while it lives.
 struct OpenConnection(Arc<AtomicUsize>);
