@@ -1,7 +1,7 @@
 //! What the phases learn about one request ([`RequestCtx`]), where it goes
 //! ([`Dest`]), and the client end of its connection ([`Peer`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,10 +32,27 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(addr: SocketAddr, trusted: bool) -> Peer {
-        let ip = addr.ip().to_string();
-        let ip_value = HeaderValue::try_from(ip).unwrap_or(HeaderValue::from_static("unknown"));
-        Peer { addr, ip_value, trusted }
+        Peer { addr, ip_value: ip_value(addr.ip()), trusted }
     }
+}
+
+/// An IP as a header value. IPv4 is written octet by octet: `Display`
+/// took 1,500 instructions, 3% of a new connection's.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let text = match ip {
+        IpAddr::V4(v4) => {
+            let (mut text, mut digits) = (String::with_capacity(15), itoa::Buffer::new());
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                text.push_str(digits.format(octet));
+            }
+            text
+        }
+        IpAddr::V6(v6) => v6.to_string(),
+    };
+    HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// What the phases learn about one request, from the first to the log.
@@ -231,6 +248,22 @@ impl Dest {
 mod tests {
     use super::*;
     use crate::http::header_map as headers;
+
+    #[test]
+    fn ip_values_read_as_the_address_does() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "::1", "::ffff:1.2.3.4", "2001:db8::7"] {
+            assert_eq!(ip_value(ip.parse().unwrap()), ip);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_ipv4_value_is_its_display(bits: u32) {
+            let ip = std::net::Ipv4Addr::from(bits);
+            let shown = ip.to_string();
+            proptest::prop_assert_eq!(ip_value(ip.into()), shown.as_str());
+        }
+    }
 
     #[test]
     fn control_headers_are_read_and_taken_out() {
