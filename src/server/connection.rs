@@ -139,7 +139,7 @@ fn service(
         // place for each request; this way both are a pointer's worth.
         // (A box is also what lets an idle connection be parked: hyper's
         // connection must be `Unpin` to be taken apart.)
-        Box::pin(async move {
+        boxed_in_place(move || async move {
             let resp = server.proxy.handle(req, &peer).await;
             if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 upgrades.tunnel.store(true, Ordering::Relaxed);
@@ -147,6 +147,13 @@ fn service(
             Ok::<_, Infallible>(resp.map(|body| Counted { body, watch: None, open }))
         })
     })
+}
+
+/// A boxed future, its box allocated first: `Box::pin(future)` builds the
+/// future on the stack and copies all of it (4 KB, its largest state, for
+/// a request's) into the box.
+fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// Serves a parked connection again, in a task of its own.
