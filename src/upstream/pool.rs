@@ -245,25 +245,25 @@ impl Pool {
         direct: bool,
     ) -> Result<(Response<Incoming>, Lease, Option<Outgoing>), ProxyError> {
         let Outgoing { key, req } = out;
-        let attempt = async {
-            let mut replay = replayable(&req).then(|| copy_head(&req));
-            let (again, error) = match self.send_once(&key, req, true).await {
-                Ok((resp, lease)) => return Ok((resp, lease, replay)),
-                Err(Failure::Request { unsent: Some(req), error, .. }) => (*req, error),
-                Err(Failure::Request { error, unsent: None }) if is_stale(&error) => match replay.take() {
-                    Some(copy) => (copy, error),
-                    None => return Err(Failure::Request { error, unsent: None }),
-                },
-                Err(failure) => return Err(failure),
-            };
-            tracing::debug!(%error, "stale upstream connection; retrying once");
-            let (resp, lease) = self.send_once(&key, again, false).await?;
-            Ok((resp, lease, None))
-        };
         let mut timer = self.timers.until(tokio::time::Instant::now() + timeout);
         let answered = {
-            // Pinned where it is: polled by reference, not moved.
-            let mut attempt = std::pin::pin!(attempt);
+            // Pinned where it is made: polled by reference, never moved
+            // (a future bound to a local first was copied into place, 1.3 KB).
+            let mut attempt = std::pin::pin!(async {
+                let mut replay = replayable(&req).then(|| copy_head(&req));
+                let (again, error) = match self.send_once(&key, req, true).await {
+                    Ok((resp, lease)) => return Ok((resp, lease, replay)),
+                    Err(Failure::Request { unsent: Some(req), error, .. }) => (*req, error),
+                    Err(Failure::Request { error, unsent: None }) if is_stale(&error) => match replay.take() {
+                        Some(copy) => (copy, error),
+                        None => return Err(Failure::Request { error, unsent: None }),
+                    },
+                    Err(failure) => return Err(failure),
+                };
+                tracing::debug!(%error, "stale upstream connection; retrying once");
+                let (resp, lease) = self.send_once(&key, again, false).await?;
+                Ok((resp, lease, None))
+            });
             std::future::poll_fn(|cx| match attempt.as_mut().poll(cx) {
                 Poll::Ready(answered) => Poll::Ready(answered),
                 Poll::Pending => timer.as_mut().poll(cx).map(|()| Err(Failure::TimedOut)),
