@@ -27,9 +27,9 @@ use crate::metrics::{Counts, Open};
 pub struct Http1<I> {
     pub io: Watched<I>,
     pub server: Arc<Server>,
-    /// The client's address, and whether it is a trusted front proxy (the
-    /// `Peer` made from them each time the connection is served again
-    /// would cost a parked connection its header value).
+    /// The client's address, and whether it is a trusted front proxy: a
+    /// `Peer` is made from them each time the connection is served, so a
+    /// parked one does not keep the peer's header value.
     pub peer: (SocketAddr, bool),
     pub closing: watch::Receiver<bool>,
     /// What counts the connection as open.
