@@ -42,7 +42,7 @@ async fn a_parked_connection_holds_no_buffer_of_hyper_and_is_freed_when_closed()
     // connection and its read and write buffers (8 KiB each at least) are
     // given back, and the connection waits in its worker's lot of parked
     // connections. What stays is its entry there, its socket's
-    // registration and its state, and this side's socket: 925 bytes (this
+    // registration and its state, and this side's socket: 856 bytes (this
     // debug build). It was 1,674 when each parked connection waited in a
     // task of its own, with its own timer and shutdown watch.
     const CONNS: usize = 200;

@@ -73,9 +73,9 @@ impl Clock {
 /// The client's stream, after the bytes `detect` read from it.
 pub struct Watched<I> {
     inner: I,
-    first: Vec<u8>,
-    /// How much of `first` has been read.
-    at: usize,
+    /// Boxed: a parked connection keeps its stream, and the box is a
+    /// pointer where a vector and its offset were 32 bytes.
+    first: Option<Box<First>>,
     clock: Arc<Clock>,
     /// A write the client takes nothing of for this long fails (`None`: off).
     send: Option<IdleLimit>,
@@ -83,7 +83,7 @@ pub struct Watched<I> {
 
 impl<I> Watched<I> {
     pub fn new(inner: I, first: Vec<u8>, clock: Arc<Clock>, send_limit: Option<Duration>) -> Watched<I> {
-        Watched { inner, first, at: 0, clock, send: send_limit.map(IdleLimit::new) }
+        Watched { inner, first: First::boxed(first), clock, send: send_limit.map(IdleLimit::new) }
     }
 
     pub fn clock(&self) -> &Arc<Clock> {
@@ -92,8 +92,7 @@ impl<I> Watched<I> {
 
     /// Back from parking: `first` is read before the stream again.
     pub fn unpark(&mut self, first: Vec<u8>) {
-        self.first = first;
-        self.at = 0;
+        self.first = First::boxed(first);
         self.clock.parking.store(false, Ordering::Relaxed);
     }
 
@@ -115,16 +114,27 @@ impl<I> Watched<I> {
     }
 }
 
+/// Bytes read before the stream, and how many of them have been read.
+struct First {
+    bytes: Vec<u8>,
+    at: usize,
+}
+
+impl First {
+    fn boxed(bytes: Vec<u8>) -> Option<Box<First>> {
+        (!bytes.is_empty()).then(|| Box::new(First { bytes, at: 0 }))
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.at < this.first.len() {
-            let n = buf.remaining().min(this.first.len() - this.at);
-            buf.put_slice(&this.first[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.first.len() {
-                this.first = Vec::new();
-                this.at = 0;
+        if let Some(first) = &mut this.first {
+            let n = buf.remaining().min(first.bytes.len() - first.at);
+            buf.put_slice(&first.bytes[first.at..first.at + n]);
+            first.at += n;
+            if first.at == first.bytes.len() {
+                this.first = None;
             }
             this.clock.reads.fetch_add(1, Ordering::Relaxed);
             return Poll::Ready(Ok(()));

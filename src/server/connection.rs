@@ -94,7 +94,7 @@ pub async fn serve<I>(
     let send_limit = server.config().response_idle_timeout;
     let io = Watched::new(io, first, clock.clone(), send_limit);
     if protocol == Protocol::Http1 {
-        return serve_http1(Http1 { io, server, peer, closing, held: (open, held), lot }).await;
+        return serve_http1(Http1 { io, server, peer, held: (open, held), lot }).await;
     }
     let config = server.config();
     let (idle, streams_limit) = (config.idle_timeout, config.max_concurrent_streams);
@@ -176,7 +176,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     Box::pin(async move {
-        let Http1 { io, server, peer, closing, held, lot } = conn;
+        let Http1 { io, server, peer, held, lot } = conn;
         let clock = io.clock().clone();
         let config = server.config();
         let (header_read, idle) = (config.header_read_timeout, config.idle_timeout);
@@ -189,14 +189,19 @@ where
             .max_buf_size(MAX_HEADERS)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        let parked =
-            drive(Pin::new(&mut hyper_conn), |conn| conn.graceful_shutdown(), None, Some(&clock), closing.clone())
-                .await;
+        let parked = drive(
+            Pin::new(&mut hyper_conn),
+            |conn| conn.graceful_shutdown(),
+            None,
+            Some(&clock),
+            lot.closing().clone(),
+        )
+        .await;
         if !parked {
             return;
         }
         let Some(parts) = hyper_conn.into_parts() else { return };
-        let mut conn = Http1 { io: parts.io.into_inner(), server, peer, closing, held, lot };
+        let mut conn = Http1 { io: parts.io.into_inner(), server, peer, held, lot };
         match parts.read_buf.is_empty() {
             true => Lot::park(conn),
             // Not idle after all (a byte came as it parked): served on.

@@ -1,7 +1,7 @@
 //! Parked HTTP/1 connections: idle keep-alive connections whose hyper
 //! state and buffers were dropped, waiting for their next request's first
 //! byte. One lot per worker holds them all, in one task: a parked
-//! connection costs its own state and an entry in the lot's set (about 0.3
+//! connection costs its own state and an entry in the lot's set (0.25
 //! KB), not a task of its own with a timer and a shutdown watch (1 KB). The
 //! lot closes connections idle past their limit on a shared sweep, and all
 //! of them when the worker shuts down.
@@ -31,7 +31,6 @@ pub struct Http1<I> {
     /// `Peer` is made from them each time the connection is served, so a
     /// parked one does not keep the peer's header value.
     pub peer: (SocketAddr, bool),
-    pub closing: watch::Receiver<bool>,
     /// What counts the connection as open.
     pub held: (Open, OpenConnection),
     /// Where it parks when idle.
@@ -39,8 +38,9 @@ pub struct Http1<I> {
 }
 
 /// Where one worker's HTTP/1 connections of one kind (cleartext or TLS)
-/// park.
-pub struct Lot<I>(mpsc::UnboundedSender<Http1<I>>);
+/// park; it also holds their shutdown watch (so a parked connection does
+/// not).
+pub struct Lot<I>(Arc<(mpsc::UnboundedSender<Http1<I>>, watch::Receiver<bool>)>);
 
 impl<I> Clone for Lot<I> {
     fn clone(&self) -> Lot<I> {
@@ -60,15 +60,20 @@ where
     /// parked-connection gauge the lot keeps.
     pub fn start(idle: Duration, closing: watch::Receiver<bool>, counts: Arc<Counts>, resume: Resume<I>) -> Lot<I> {
         let (arrivals, arrived) = mpsc::unbounded_channel();
-        tokio::spawn(keep(arrived, closing, counts, resume, idle));
-        Lot(arrivals)
+        tokio::spawn(keep(arrived, closing.clone(), counts, resume, idle));
+        Lot(Arc::new((arrivals, closing)))
+    }
+
+    /// Turns true when the worker shuts down.
+    pub fn closing(&self) -> &watch::Receiver<bool> {
+        &self.0 .1
     }
 
     /// Parks `conn`, or closes it if the worker is shutting down.
     pub fn park(conn: Http1<I>) {
         let lot = conn.lot.0.clone();
         // Refused once the lot has closed: the connection closes with it.
-        let _ = lot.send(conn);
+        let _ = lot.0.send(conn);
     }
 }
 
@@ -90,6 +95,9 @@ async fn keep<I>(
     I: AsyncRead + Unpin + Send + 'static,
 {
     let every = sweep_every(idle);
+    // Deadlines in milliseconds since the lot started (4 bytes, not 16).
+    let base = Instant::now();
+    let millis = |at: Instant| u32::try_from(at.duration_since(base).as_millis()).unwrap_or(u32::MAX);
     let mut parked = FuturesUnordered::new();
     let sweep = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(sweep);
@@ -103,7 +111,7 @@ async fn keep<I>(
                     sweep.as_mut().reset(deadline);
                     sweeping = true;
                 }
-                parked.push(Parked { conn: Some(conn), deadline, waker: None });
+                parked.push(Parked { conn: Some(conn), deadline: millis(deadline), waker: None });
                 counts.parked(1);
             }
             Some(woke) = parked.next(), if !parked.is_empty() => {
@@ -114,8 +122,8 @@ async fn keep<I>(
             }
             () = &mut sweep, if sweeping => {
                 let now = Instant::now();
-                match parked.iter_mut().filter_map(|conn| conn.expire(now)).min() {
-                    Some(next) => sweep.as_mut().reset(next.max(now + every)),
+                match parked.iter_mut().filter_map(|conn| conn.expire(millis(now))).min() {
+                    Some(next) => sweep.as_mut().reset((base + Duration::from_millis(next.into())).max(now + every)),
                     None => sweeping = false,
                 }
             }
@@ -129,7 +137,8 @@ async fn keep<I>(
 /// nothing when the client closed or the lot expired it.
 struct Parked<I> {
     conn: Option<Http1<I>>,
-    deadline: Instant,
+    /// In milliseconds since the lot started.
+    deadline: u32,
     /// Has the lot poll this connection again (to end it).
     waker: Option<Waker>,
 }
@@ -137,7 +146,7 @@ struct Parked<I> {
 impl<I> Parked<I> {
     /// Closes the connection if its deadline has passed; otherwise its
     /// deadline.
-    fn expire(&mut self, now: Instant) -> Option<Instant> {
+    fn expire(&mut self, now: u32) -> Option<u32> {
         if self.deadline > now {
             return Some(self.deadline);
         }
