@@ -70,19 +70,20 @@ pub async fn detect(stream: &mut TcpStream, limit: Duration) -> Option<(Protocol
     tokio::time::timeout(limit, look).await.ok().flatten()
 }
 
-/// Serves one connection until it ends, it idles out, or `closing` turns
-/// true (then in-flight requests finish first). hyper's own HTTP/1 and
+/// Serves one connection until it ends, it idles out, or the worker's
+/// shutdown watch (`lot`'s) turns true (then in-flight requests finish
+/// first). hyper's own HTTP/1 and
 /// HTTP/2 connections, not hyper-util's `auto` one: `detect` already knows
 /// the protocol, and `auto`'s connection is sized for HTTP/2's state even
 /// when it serves HTTP/1 (more memory per idle keep-alive connection).
 /// `first`: bytes already read from `io`, served to hyper before it.
 /// `held`: what counts the connection as open, dropped when it ends.
+/// `lot`: where an idle HTTP/1 connection parks.
 pub async fn serve<I>(
     io: I,
     (protocol, first): (Protocol, Vec<u8>),
     server: Arc<Server>,
     peer: (SocketAddr, bool),
-    closing: watch::Receiver<bool>,
     held: OpenConnection,
     lot: Lot<I>,
 ) where
@@ -111,7 +112,7 @@ pub async fn serve<I>(
     // (memory per idle keep-alive connection).
     Box::pin(async move {
         let conn = std::pin::pin!(conn);
-        drive(conn, |conn| conn.graceful_shutdown(), Some((&streams, idle)), None, closing).await
+        drive(conn, |conn| conn.graceful_shutdown(), Some((&streams, idle)), None, lot.closing().clone()).await
     })
     .await;
     drop((open, held));

@@ -118,14 +118,14 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
         let _ = stream.set_nodelay(true);
         // Whether the peer is a front proxy is decided once per connection.
         let peer = (peer, config.is_trusted_proxy(peer.ip()));
-        let (server, closing) = (server.clone(), closing_rx.clone());
+        let server = server.clone();
         let counted = OpenConnection::new(&open);
         // Boxed: a task's future is moved several times between spawn and
         // finish. One function each for TLS and cleartext, so a cleartext
         // connection's future is not sized for TLS's state.
         match server.tls.is_some() {
-            false => tokio::spawn(Box::pin(serve_cleartext(stream, server, peer, closing, counted, cleartext.clone()))),
-            true => tokio::spawn(Box::pin(serve_tls(stream, server, peer, closing, counted, tls.clone()))),
+            false => tokio::spawn(Box::pin(serve_cleartext(stream, server, peer, counted, cleartext.clone()))),
+            true => tokio::spawn(Box::pin(serve_tls(stream, server, peer, counted, tls.clone()))),
         };
     }
     drop(listener);
@@ -152,12 +152,11 @@ async fn serve_cleartext(
     mut stream: TcpStream,
     server: Arc<Server>,
     peer: (SocketAddr, bool),
-    closing: watch::Receiver<bool>,
     counted: OpenConnection,
     lot: Lot<TcpStream>,
 ) {
     let Some(opening) = connection::detect(&mut stream, server.config().header_read_timeout).await else { return };
-    connection::serve(stream, opening, server, peer, closing, counted, lot).await;
+    connection::serve(stream, opening, server, peer, counted, lot).await;
 }
 
 /// A TLS connection: the handshake within its limit, then the protocol
@@ -166,7 +165,6 @@ async fn serve_tls(
     stream: TcpStream,
     server: Arc<Server>,
     peer: (SocketAddr, bool),
-    closing: watch::Receiver<bool>,
     counted: OpenConnection,
     lot: Lot<TlsStream>,
 ) {
@@ -181,7 +179,7 @@ async fn serve_tls(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    connection::serve(stream, (protocol, Vec::new()), server.clone(), peer, closing, counted, lot).await;
+    connection::serve(stream, (protocol, Vec::new()), server.clone(), peer, counted, lot).await;
 }
 
 type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
