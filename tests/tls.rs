@@ -45,12 +45,23 @@ fn connector(roots: &[&[u8]], alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
+/// A TLS connection to the proxy for `sni`, from a client that trusts
+/// `roots` and offers `alpn`.
+async fn connect(
+    proxy: &TestProxy,
+    roots: &[&[u8]],
+    sni: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    connector(roots, alpn).connect(name, tcp).await
+}
+
 /// The certificate the proxy presents for `sni`, or `None` if the handshake
 /// fails. Verification is done by the client against every test root.
 async fn presented(proxy: &TestProxy, roots: &[&[u8]], sni: &str) -> Option<Vec<u8>> {
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let name = ServerName::try_from(sni.to_string()).unwrap();
-    let tls = connector(roots, &[]).connect(name, tcp).await.ok()?;
+    let tls = connect(proxy, roots, sni, &[]).await.ok()?;
     let (_, conn) = tls.get_ref();
     Some(conn.peer_certificates()?[0].to_vec())
 }
@@ -99,11 +110,9 @@ async fn sni_picks_exact_then_wildcard_then_default() {
 async fn without_a_default_unknown_names_are_refused() {
     let s = setup(false);
     let proxy = TestProxy::start(s.config.clone()).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
     // A client that accepts anything still gets no certificate.
     let roots = [s.wildcard.as_slice(), &s.custom];
-    let name = ServerName::try_from("unknown.test".to_string()).unwrap();
-    assert!(connector(&roots, &[]).connect(name, tcp).await.is_err());
+    assert!(connect(&proxy, &roots, "unknown.test", &[]).await.is_err());
     assert!(presented(&proxy, &roots, "app.customer.org").await.is_some());
 }
 
@@ -113,9 +122,7 @@ async fn replaced_certificates_are_reloaded_without_dropping_connections() {
     let proxy = TestProxy::start(s.config.clone()).await;
     let roots_old = [s.default.as_slice(), &s.wildcard, &s.custom];
     // An open HTTP/1.1 connection before the reload.
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut open =
-        connector(&roots_old, &[]).connect(ServerName::try_from("proxy.example.com").unwrap(), tcp).await.unwrap();
+    let mut open = connect(&proxy, &roots_old, "proxy.example.com", &[]).await.unwrap();
 
     let tmp = tempfile::tempdir().unwrap();
     let (c, k, renewed) = make_cert(tmp.path(), "custom", &["app.customer.org"]);
@@ -138,9 +145,8 @@ async fn an_idle_tls_connection_is_parked_and_served_again() {
     let app = App::start().await;
     let s = setup(true);
     let proxy = TestProxy::start(s.config.clone()).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let name = ServerName::try_from("3000-demo.preview.example.com").unwrap();
-    let tls = connector(&[s.wildcard.as_slice()], &[b"http/1.1"]).connect(name, tcp).await.unwrap();
+    let name = "3000-demo.preview.example.com";
+    let tls = connect(&proxy, &[s.wildcard.as_slice()], name, &[b"http/1.1"]).await.unwrap();
     let io = hyper_util::rt::TokioIo::new(tls);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
     tokio::spawn(conn);
@@ -164,10 +170,8 @@ async fn http2_by_alpn_with_many_streams() {
     let app = App::start().await;
     let s = setup(true);
     let proxy = TestProxy::start(s.config.clone()).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let roots = [s.wildcard.as_slice()];
-    let name = ServerName::try_from("3000-demo.preview.example.com").unwrap();
-    let tls = connector(&roots, &[b"h2", b"http/1.1"]).connect(name, tcp).await.unwrap();
+    let name = "3000-demo.preview.example.com";
+    let tls = connect(&proxy, &[s.wildcard.as_slice()], name, &[b"h2", b"http/1.1"]).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let io = hyper_util::rt::TokioIo::new(tls);
     let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
@@ -194,9 +198,7 @@ async fn http2_by_alpn_with_many_streams() {
 async fn http1_over_tls_when_the_client_offers_only_http1() {
     let s = setup(true);
     let proxy = TestProxy::start(s.config.clone()).await;
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let name = ServerName::try_from("proxy.example.com").unwrap();
-    let mut tls = connector(&[s.default.as_slice()], &[b"http/1.1"]).connect(name, tcp).await.unwrap();
+    let mut tls = connect(&proxy, &[s.default.as_slice()], "proxy.example.com", &[b"http/1.1"]).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     tls.write_all(b"GET /health HTTP/1.1\r\nHost: proxy.example.com\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut answer = String::new();
