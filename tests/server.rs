@@ -94,16 +94,9 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!(resp.status(), 200);
 
     proxy.shutdown();
-    // No new connections once shutdown has started.
-    let mut refused = false;
-    for _ in 0..100 {
-        if TcpStream::connect(proxy.addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert!(refused, "the listener was closed");
+    // No new connections once shutdown has started (each worker closes
+    // its listener as it sees the shutdown: up to 5 s on a loaded box).
+    wait_for(|| async { TcpStream::connect(proxy.addr).await.is_err() }).await;
     assert!(!proxy.done.is_finished());
 
     release.send(()).unwrap();
@@ -190,6 +183,11 @@ async fn metrics_count_answers_by_class_and_error_code() {
 
 /// Reads one answer with a `content-length` body; returns its status line.
 async fn read_answer(s: &mut TcpStream) -> String {
+    read_answer_and_body(s).await.0
+}
+
+/// Reads one answer with a `content-length` body: its status line and body.
+async fn read_answer_and_body(s: &mut TcpStream) -> (String, String) {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -198,8 +196,9 @@ async fn read_answer(s: &mut TcpStream) -> String {
     }
     let head = String::from_utf8(head).unwrap();
     let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().trim().parse().unwrap();
-    s.read_exact(&mut vec![0u8; len]).await.unwrap();
-    head.lines().next().unwrap().to_string()
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    (head.lines().next().unwrap().to_string(), String::from_utf8(body).unwrap())
 }
 
 #[tokio::test]
@@ -273,6 +272,48 @@ async fn parked_connections_close_each_at_its_own_idle_limit() {
         assert!(took > Duration::from_millis(2800) && took < Duration::from_millis(3600), "closed after {took:?}");
     }
     wait_for(|| async { parked(&proxy) == 0.0 }).await;
+}
+
+#[tokio::test]
+async fn parked_connections_are_told_apart_as_they_come_and_go() {
+    // The lot watches its connections by slot, and a slot is taken again
+    // as connections leave and come: each connection's next request is
+    // still its own. A connection its client resets leaves like one it
+    // closes.
+    let app = App::start().await;
+    let (config, _dir, _) = registry_config(DEMO);
+    let proxy = TestProxy::start(config).await;
+    let get = |path: String| format!("GET {path} HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    let mut conns: Vec<(usize, TcpStream)> = Vec::new();
+    for i in 0..60 {
+        if i == 40 {
+            // Every other one leaves: a quarter closed, a quarter reset.
+            wait_for(|| async { parked(&proxy) == 40.0 }).await;
+            for (n, s) in std::mem::take(&mut conns) {
+                match n % 4 {
+                    1 => drop(s),
+                    3 => {
+                        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+                        drop(s);
+                    }
+                    _ => conns.push((n, s)),
+                }
+            }
+            wait_for(|| async { parked(&proxy) == 20.0 }).await;
+        }
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(get(format!("/first/{i}")).as_bytes()).await.unwrap();
+        assert_eq!(read_answer_and_body(&mut s).await.1, format!("/first/{i}"));
+        conns.push((i, s));
+    }
+    wait_for(|| async { parked(&proxy) == 40.0 }).await;
+    for (i, s) in &mut conns {
+        s.write_all(get(format!("/again/{i}")).as_bytes()).await.unwrap();
+    }
+    for (i, s) in &mut conns {
+        assert_eq!(read_answer_and_body(s).await, ("HTTP/1.1 200 OK".into(), format!("/again/{i}")));
+    }
+    wait_for(|| async { parked(&proxy) == 40.0 }).await;
 }
 
 #[tokio::test]

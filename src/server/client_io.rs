@@ -90,6 +90,21 @@ impl<I> Watched<I> {
         &self.clock
     }
 
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.inner
+    }
+
+    /// The same connection over `f(stream)`: the stream as it parks, or
+    /// as it is served again.
+    pub fn try_map<J, E>(self, f: impl FnOnce(I) -> Result<J, E>) -> Result<Watched<J>, E> {
+        let Watched { inner, first, clock, send } = self;
+        Ok(Watched { inner: f(inner)?, first, clock, send })
+    }
+
     /// Back from parking: `first` is read before the stream again.
     pub fn unpark(&mut self, first: Vec<u8>) {
         self.first = First::boxed(first);

@@ -98,8 +98,8 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
     // request (`PARK_AFTER`) until `IDLE_TIMEOUT_SEC` after it.
     let parked_for = config.idle_timeout.saturating_sub(head_timer::PARK_AFTER);
     let counts = server.proxy.shared.metrics.local();
-    let cleartext = Lot::<TcpStream>::start(parked_for, closing_rx.clone(), counts.clone(), connection::resume);
-    let tls = Lot::<TlsStream>::start(parked_for, closing_rx.clone(), counts.clone(), connection::resume);
+    let cleartext = Lot::<TcpStream>::start(parked_for, closing_rx.clone(), counts.clone(), connection::resume)?;
+    let tls = Lot::<TlsStream>::start(parked_for, closing_rx.clone(), counts.clone(), connection::resume)?;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -182,7 +182,7 @@ async fn serve_tls(
     connection::serve(stream, (protocol, Vec::new()), server.clone(), peer, counted, lot).await;
 }
 
-type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// Counts an open client connection while it lives.
 struct OpenConnection(Arc<AtomicUsize>);

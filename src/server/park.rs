@@ -1,25 +1,31 @@
 //! Parked HTTP/1 connections: idle keep-alive connections whose hyper
 //! state and buffers were dropped, waiting for their next request's first
-//! byte. One lot per worker holds them all, in one task: a parked
-//! connection costs its own state and an entry in the lot's set (0.25
-//! KB), not a task of its own with a timer and a shutdown watch (1 KB). The
-//! lot closes connections idle past their limit on a shared sweep, and all
-//! of them when the worker shuts down.
+//! byte. One lot per worker holds them all, in one task, in a vector of
+//! slots watched by the lot's own poll (an epoll set, itself watched by
+//! tokio): a parked cleartext connection is taken off tokio's driver,
+//! whose state for a socket (256 bytes) it would otherwise keep, and costs
+//! its slot alone. The lot closes connections idle past their limit on a
+//! shared sweep, and all of them when the worker shuts down.
 
-use std::future::Future;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncRead, ReadBuf};
+use mio::event::Source;
+use mio::unix::SourceFd;
+use mio::{Events, Poll, Registry, Token};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::client_io::Watched;
-use super::{OpenConnection, Server};
+use super::{OpenConnection, Server, TlsStream};
 use crate::metrics::{Counts, Open};
 
 /// An HTTP/1 connection between hyper's connections: what lasts while it
@@ -51,19 +57,108 @@ impl<I> Clone for Lot<I> {
 /// Serves a connection again once its next request's first byte came.
 pub type Resume<I> = fn(Http1<I>);
 
-impl<I> Lot<I>
-where
-    I: AsyncRead + Unpin + Send + 'static,
-{
+/// A client's stream as it waits in a lot.
+pub trait Parkable: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// The stream while it waits, watched by the lot's poll.
+    type Waiting: Source + Send + 'static;
+
+    fn wait(self) -> io::Result<Self::Waiting>;
+
+    /// Whether a stream the poll woke has bytes to serve: false when it
+    /// woke for nothing, an error when the client closed or reset it.
+    fn has_bytes(waiting: &Self::Waiting) -> io::Result<bool>;
+
+    /// Back to tokio, to be served.
+    fn serve(waiting: Self::Waiting) -> io::Result<Self>;
+}
+
+/// A cleartext stream waits as a bare socket: tokio's driver lets it go
+/// (and frees its state for it) and takes it again when it is served.
+impl Parkable for TcpStream {
+    type Waiting = mio::net::TcpStream;
+
+    fn wait(self) -> io::Result<mio::net::TcpStream> {
+        self.into_std().map(mio::net::TcpStream::from_std)
+    }
+
+    fn has_bytes(waiting: &mio::net::TcpStream) -> io::Result<bool> {
+        peeked(waiting.peek(&mut [0]))
+    }
+
+    fn serve(waiting: mio::net::TcpStream) -> io::Result<TcpStream> {
+        TcpStream::from_std(waiting.into())
+    }
+}
+
+/// A TLS stream cannot be taken apart without losing rustls's state, so it
+/// stays registered with tokio too; the lot watches its socket.
+impl Parkable for TlsStream {
+    type Waiting = WaitingTls;
+
+    fn wait(self) -> io::Result<WaitingTls> {
+        Ok(WaitingTls(self))
+    }
+
+    fn has_bytes(waiting: &WaitingTls) -> io::Result<bool> {
+        let mut byte = [std::mem::MaybeUninit::uninit()];
+        peeked(socket2::SockRef::from(waiting.0.get_ref().0).peek(&mut byte))
+    }
+
+    fn serve(waiting: WaitingTls) -> io::Result<TlsStream> {
+        Ok(waiting.0)
+    }
+}
+
+/// A peek's answer: bytes came, none yet, or the client has closed.
+fn peeked(peek: io::Result<usize>) -> io::Result<bool> {
+    match peek {
+        Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A parked TLS stream, its socket registered with the lot's poll.
+pub struct WaitingTls(TlsStream);
+
+impl Source for WaitingTls {
+    fn register(&mut self, registry: &Registry, token: Token, interests: mio::Interest) -> io::Result<()> {
+        SourceFd(&self.0.get_ref().0.as_raw_fd()).register(registry, token, interests)
+    }
+
+    fn reregister(&mut self, registry: &Registry, token: Token, interests: mio::Interest) -> io::Result<()> {
+        SourceFd(&self.0.get_ref().0.as_raw_fd()).reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        SourceFd(&self.0.get_ref().0.as_raw_fd()).deregister(registry)
+    }
+}
+
+impl<I: Parkable> Lot<I> {
     /// Starts the lot's task. A connection stays parked up to `idle`, and
     /// none once `closing` turns true. `counts`: the worker's, whose
     /// parked-connection gauge the lot keeps.
-    pub fn start(idle: Duration, closing: watch::Receiver<bool>, counts: Arc<Counts>, resume: Resume<I>) -> Lot<I> {
+    pub fn start(
+        idle: Duration,
+        closing: watch::Receiver<bool>,
+        counts: Arc<Counts>,
+        resume: Resume<I>,
+    ) -> io::Result<Lot<I>> {
+        // `with_interest` is deprecated because a type could close its fd
+        // while tokio watches it; the poll keeps its own until it is
+        // dropped, after `AsyncFd` let it go.
+        #[allow(deprecated)]
+        let poll = AsyncFd::with_interest(Poll::new()?, tokio::io::Interest::READABLE)?;
         let (arrivals, arrived) = mpsc::unbounded_channel();
-        tokio::spawn(keep(arrived, closing.clone(), counts, resume, idle));
-        Lot(Arc::new((arrivals, closing)))
+        let lot = Lot(Arc::new((arrivals, closing)));
+        tokio::spawn(keep(arrived, lot.clone(), poll, counts, resume, idle));
+        Ok(lot)
     }
+}
 
+impl<I> Lot<I> {
     /// Turns true when the worker shuts down.
     pub fn closing(&self) -> &watch::Receiver<bool> {
         &self.0 .1
@@ -83,22 +178,27 @@ fn sweep_every(idle: Duration) -> Duration {
     (idle / 16).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
+/// Readiness events taken from the lot's poll at a time.
+const EVENTS: usize = 256;
+
 /// The lot's task: takes in parked connections, serves again those whose
-/// client sends, closes those idle past their deadline.
-async fn keep<I>(
+/// client sends, closes those idle past their deadline or closed by their
+/// client.
+async fn keep<I: Parkable>(
     mut arrived: mpsc::UnboundedReceiver<Http1<I>>,
-    mut closing: watch::Receiver<bool>,
+    lot: Lot<I>,
+    mut poll: AsyncFd<Poll>,
     counts: Arc<Counts>,
     resume: Resume<I>,
     idle: Duration,
-) where
-    I: AsyncRead + Unpin + Send + 'static,
-{
+) {
     let every = sweep_every(idle);
     // Deadlines in milliseconds since the lot started (4 bytes, not 16).
     let base = Instant::now();
     let millis = |at: Instant| u32::try_from(at.duration_since(base).as_millis()).unwrap_or(u32::MAX);
-    let mut parked = FuturesUnordered::new();
+    let mut parked = Slots::<I>::default();
+    let mut events = Events::with_capacity(EVENTS);
+    let mut closing = lot.closing().clone();
     let sweep = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(sweep);
     let mut sweeping = false;
@@ -111,18 +211,46 @@ async fn keep<I>(
                     sweep.as_mut().reset(deadline);
                     sweeping = true;
                 }
-                parked.push(Parked { conn: Some(conn), deadline: millis(deadline), waker: None });
-                counts.parked(1);
+                if parked.add(conn, millis(deadline), poll.get_ref().registry()) {
+                    counts.parked(1);
+                }
             }
-            Some(woke) = parked.next(), if !parked.is_empty() => {
-                counts.parked(-1);
-                if let Some(conn) = woke {
-                    resume(conn);
+            ready = poll.readable_mut() => {
+                let mut ready = match ready {
+                    Ok(ready) => ready,
+                    Err(e) => break tracing::error!(error = %e, "parked connections: their poll failed"),
+                };
+                match ready.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => break tracing::error!(error = %e, "parked connections: their poll failed"),
+                }
+                let mut woke = 0;
+                for event in &events {
+                    woke += 1;
+                    let registry = ready.get_inner().registry();
+                    match parked.woke(event.token().0, registry) {
+                        Woke::Nothing => {}
+                        Woke::Closed => counts.parked(-1),
+                        Woke::Serve(conn) => {
+                            counts.parked(-1);
+                            if let Some(conn) = conn.serve(&lot) {
+                                resume(conn);
+                            }
+                        }
+                    }
+                }
+                parked.compact();
+                // All taken: tokio may wait for the poll's next event.
+                if woke < EVENTS {
+                    ready.clear_ready();
                 }
             }
             () = &mut sweep, if sweeping => {
                 let now = Instant::now();
-                match parked.iter_mut().filter_map(|conn| conn.expire(millis(now))).min() {
+                let (closed, next) = parked.expire(millis(now));
+                counts.parked(-(closed as i64));
+                match next {
                     Some(next) => sweep.as_mut().reset((base + Duration::from_millis(next.into())).max(now + every)),
                     None => sweeping = false,
                 }
@@ -130,56 +258,136 @@ async fn keep<I>(
             _ = closing.wait_for(|c| *c) => break,
         }
     }
-    counts.parked(-(parked.len() as i64));
+    counts.parked(-(parked.live as i64));
 }
 
-/// One parked connection: completes with it when a byte came, with
-/// nothing when the client closed or the lot expired it.
-struct Parked<I> {
-    conn: Option<Http1<I>>,
+/// One parked connection, as it waits.
+struct Waiting<I: Parkable> {
+    io: Watched<I::Waiting>,
+    server: Arc<Server>,
+    peer: (SocketAddr, bool),
+    held: (Open, OpenConnection),
     /// In milliseconds since the lot started.
     deadline: u32,
-    /// Has the lot poll this connection again (to end it).
-    waker: Option<Waker>,
 }
 
-impl<I> Parked<I> {
-    /// Closes the connection if its deadline has passed; otherwise its
-    /// deadline.
-    fn expire(&mut self, now: u32) -> Option<u32> {
-        if self.deadline > now {
-            return Some(self.deadline);
-        }
-        if self.conn.take().is_some() {
-            if let Some(waker) = self.waker.take() {
-                waker.wake();
-            }
-        }
-        None
+impl<I: Parkable> Waiting<I> {
+    /// The connection as it is served again, or nothing if tokio could not
+    /// take its socket back.
+    fn serve(self, lot: &Lot<I>) -> Option<Http1<I>> {
+        let Waiting { io, server, peer, held, .. } = self;
+        let mut io = io.try_map(I::serve).ok()?;
+        io.unpark(Vec::new());
+        Some(Http1 { io, server, peer, held, lot: lot.clone() })
     }
 }
 
-impl<I: AsyncRead + Unpin> Future for Parked<I> {
-    type Output = Option<Http1<I>>;
+/// What a wake-up of the poll meant for a slot.
+enum Woke<I: Parkable> {
+    Nothing,
+    Closed,
+    Serve(Waiting<I>),
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let Some(conn) = &mut this.conn else { return Poll::Ready(None) };
-        let mut byte = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        match Pin::new(&mut conn.io).poll_read(cx, &mut buf) {
-            Poll::Pending => {
-                if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    this.waker = Some(cx.waker().clone());
-                }
-                Poll::Pending
+/// The parked connections: their index is their token in the poll; a new
+/// one takes the lowest free slot, so that the vector shrinks back when a
+/// crowd has gone.
+struct Slots<I: Parkable> {
+    slots: Vec<Option<Waiting<I>>>,
+    free: BinaryHeap<Reverse<usize>>,
+    live: usize,
+}
+
+impl<I: Parkable> Default for Slots<I> {
+    fn default() -> Slots<I> {
+        Slots { slots: Vec::new(), free: BinaryHeap::new(), live: 0 }
+    }
+}
+
+impl<I: Parkable> Slots<I> {
+    /// Parks `conn` until `deadline`: false if its socket could not be
+    /// moved to the lot's poll (it is closed then).
+    fn add(&mut self, conn: Http1<I>, deadline: u32, registry: &Registry) -> bool {
+        let Http1 { io, server, peer, held, .. } = conn;
+        let Ok(mut io) = io.try_map(I::wait) else { return false };
+        let index = self.take_free();
+        if let Err(e) = registry.register(io.get_mut(), Token(index), mio::Interest::READABLE) {
+            tracing::debug!(error = %e, "a parked connection could not be watched; closed");
+            self.free.push(Reverse(index));
+            return false;
+        }
+        self.slots[index] = Some(Waiting { io, server, peer, held, deadline });
+        self.live += 1;
+        true
+    }
+
+    /// Looks at the connection the poll woke in slot `index`.
+    fn woke(&mut self, index: usize, registry: &Registry) -> Woke<I> {
+        let Some(slot) = self.slots.get_mut(index) else { return Woke::Nothing };
+        let Some(waiting) = slot else { return Woke::Nothing };
+        let serve = match I::has_bytes(waiting.io.get_ref()) {
+            Ok(false) => return Woke::Nothing,
+            Ok(true) => true,
+            Err(_) => false,
+        };
+        let Some(mut waiting) = slot.take() else { return Woke::Nothing };
+        self.free.push(Reverse(index));
+        self.live -= 1;
+        match serve {
+            true => {
+                // Off the lot's poll before tokio takes it (or the slot's
+                // next connection would be woken by this one's events).
+                let _ = registry.deregister(waiting.io.get_mut());
+                Woke::Serve(waiting)
             }
-            Poll::Ready(Ok(())) if buf.filled().len() == 1 => {
-                conn.io.unpark(vec![byte[0]]);
-                Poll::Ready(this.conn.take())
+            // Closing the socket takes it off the poll.
+            false => Woke::Closed,
+        }
+    }
+
+    /// Closes the connections whose deadline has passed: how many, and the
+    /// earliest deadline left.
+    fn expire(&mut self, now: u32) -> (usize, Option<u32>) {
+        let (mut closed, mut next) = (0, None::<u32>);
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(waiting) = slot else { continue };
+            if waiting.deadline > now {
+                next = Some(next.map_or(waiting.deadline, |next| next.min(waiting.deadline)));
+                continue;
             }
-            // Closed by the client, or failed.
-            Poll::Ready(_) => Poll::Ready(None),
+            *slot = None;
+            self.free.push(Reverse(index));
+            closed += 1;
+        }
+        self.live -= closed;
+        self.compact();
+        // The free list made again: it may hold slots gone or taken since.
+        self.free = self.slots.iter().enumerate().filter(|(_, slot)| slot.is_none()).map(|(i, _)| Reverse(i)).collect();
+        (closed, next)
+    }
+
+    /// The lowest free slot, or a new one. The free list is checked as it
+    /// is read: it may name slots that were dropped from the end, or taken
+    /// again since they were freed.
+    fn take_free(&mut self) -> usize {
+        while let Some(Reverse(index)) = self.free.pop() {
+            if self.slots.get(index).is_some_and(Option::is_none) {
+                return index;
+            }
+        }
+        self.slots.push(None);
+        self.slots.len() - 1
+    }
+
+    /// Drops empty slots from the end and gives back most of the room a
+    /// crowd of connections left.
+    fn compact(&mut self) {
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+        }
+        let len = self.slots.len();
+        if self.slots.capacity() > 64 && self.slots.capacity() > 4 * len {
+            self.slots.shrink_to(2 * len);
         }
     }
 }
