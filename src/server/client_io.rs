@@ -90,24 +90,26 @@ impl<I> Watched<I> {
         &self.clock
     }
 
-    pub fn get_ref(&self) -> &I {
-        &self.inner
+    /// Whether bytes read before the stream are still to be served.
+    pub fn has_unread(&self) -> bool {
+        self.first.is_some()
     }
 
-    pub fn get_mut(&mut self) -> &mut I {
-        &mut self.inner
+    /// The stream as it parks, with its write limit: the rest is made
+    /// again when it is served (a new clock; nothing unread, or it would
+    /// not park). A parked connection then holds no small allocation of its
+    /// own, which would keep a page of the crowd it came with resident.
+    pub fn into_parked(self) -> (I, Option<Duration>) {
+        (self.inner, self.send.map(|send| send.limit))
     }
 
-    /// The same connection over `f(stream)`: the stream as it parks, or
-    /// as it is served again.
-    pub fn try_map<J, E>(self, f: impl FnOnce(I) -> Result<J, E>) -> Result<Watched<J>, E> {
-        let Watched { inner, first, clock, send } = self;
-        Ok(Watched { inner: f(inner)?, first, clock, send })
-    }
-
-    /// Back from parking: `first` is read before the stream again.
-    pub fn unpark(&mut self, first: Vec<u8>) {
-        self.first = First::boxed(first);
+    /// Not parked after all: `read` (what hyper had read) is served again
+    /// before the stream, ahead of anything still unread.
+    pub fn unpark(&mut self, mut read: Vec<u8>) {
+        if let Some(rest) = self.first.take() {
+            read.extend_from_slice(&rest.bytes[rest.at..]);
+        }
+        self.first = First::boxed(read);
         self.clock.parking.store(false, Ordering::Relaxed);
     }
 
@@ -295,5 +297,30 @@ impl<F: Future<Output = ()>> Future for Bounded<F> {
             return Poll::Ready(());
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn bytes_served_again_come_before_those_still_unread() {
+        // "GET /" came with the protocol's detection; hyper read "GE"
+        // and handed it back as the connection was not parked after all.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = Watched::new(server, b"GET /".to_vec(), Arc::new(Clock::default()), None);
+        let mut two = [0u8; 2];
+        io.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"GE");
+        io.unpark(two.to_vec());
+        assert!(io.has_unread());
+        tokio::io::AsyncWriteExt::write_all(&mut client, b" HTTP/1.1").await.unwrap();
+        drop(client);
+        let mut all = String::new();
+        io.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "GET / HTTP/1.1");
+        assert!(!io.has_unread());
     }
 }

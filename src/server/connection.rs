@@ -203,7 +203,7 @@ where
         }
         let Some(parts) = hyper_conn.into_parts() else { return };
         let mut conn = Http1 { io: parts.io.into_inner(), server, peer, held, lot };
-        match parts.read_buf.is_empty() {
+        match parts.read_buf.is_empty() && !conn.io.has_unread() {
             true => Lot::park(conn),
             // Not idle after all (a byte came as it parked): served on.
             false => {

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::client_io::Watched;
+use super::client_io::{Clock, Watched};
 use super::{OpenConnection, Server, TlsStream};
 use crate::metrics::{Counts, Open};
 
@@ -263,7 +263,9 @@ async fn keep<I: Parkable>(
 
 /// One parked connection, as it waits.
 struct Waiting<I: Parkable> {
-    io: Watched<I::Waiting>,
+    stream: I::Waiting,
+    /// `RESPONSE_IDLE_TIMEOUT_SEC`, for the stream when it is served.
+    send_limit: Option<Duration>,
     server: Arc<Server>,
     peer: (SocketAddr, bool),
     held: (Open, OpenConnection),
@@ -275,9 +277,8 @@ impl<I: Parkable> Waiting<I> {
     /// The connection as it is served again, or nothing if tokio could not
     /// take its socket back.
     fn serve(self, lot: &Lot<I>) -> Option<Http1<I>> {
-        let Waiting { io, server, peer, held, .. } = self;
-        let mut io = io.try_map(I::serve).ok()?;
-        io.unpark(Vec::new());
+        let Waiting { stream, send_limit, server, peer, held, .. } = self;
+        let io = Watched::new(I::serve(stream).ok()?, Vec::new(), Arc::new(Clock::default()), send_limit);
         Some(Http1 { io, server, peer, held, lot: lot.clone() })
     }
 }
@@ -309,14 +310,15 @@ impl<I: Parkable> Slots<I> {
     /// moved to the lot's poll (it is closed then).
     fn add(&mut self, conn: Http1<I>, deadline: u32, registry: &Registry) -> bool {
         let Http1 { io, server, peer, held, .. } = conn;
-        let Ok(mut io) = io.try_map(I::wait) else { return false };
+        let (stream, send_limit) = io.into_parked();
+        let Ok(mut stream) = I::wait(stream) else { return false };
         let index = self.take_free();
-        if let Err(e) = registry.register(io.get_mut(), Token(index), mio::Interest::READABLE) {
+        if let Err(e) = registry.register(&mut stream, Token(index), mio::Interest::READABLE) {
             tracing::debug!(error = %e, "a parked connection could not be watched; closed");
             self.free.push(Reverse(index));
             return false;
         }
-        self.slots[index] = Some(Waiting { io, server, peer, held, deadline });
+        self.slots[index] = Some(Waiting { stream, send_limit, server, peer, held, deadline });
         self.live += 1;
         true
     }
@@ -325,7 +327,7 @@ impl<I: Parkable> Slots<I> {
     fn woke(&mut self, index: usize, registry: &Registry) -> Woke<I> {
         let Some(slot) = self.slots.get_mut(index) else { return Woke::Nothing };
         let Some(waiting) = slot else { return Woke::Nothing };
-        let serve = match I::has_bytes(waiting.io.get_ref()) {
+        let serve = match I::has_bytes(&waiting.stream) {
             Ok(false) => return Woke::Nothing,
             Ok(true) => true,
             Err(_) => false,
@@ -337,7 +339,7 @@ impl<I: Parkable> Slots<I> {
             true => {
                 // Off the lot's poll before tokio takes it (or the slot's
                 // next connection would be woken by this one's events).
-                let _ = registry.deregister(waiting.io.get_mut());
+                let _ = registry.deregister(&mut waiting.stream);
                 Woke::Serve(waiting)
             }
             // Closing the socket takes it off the poll.
