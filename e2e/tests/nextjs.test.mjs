@@ -48,9 +48,21 @@ const browser = await launchBrowser([`--host-resolver-rules=MAP *.${DOMAIN} 127.
 after(async () => {
   await browser.close();
   proxy.stop();
-  for (const c of children) c.kill();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  // Each dev server is gone before its directory goes: one still writing
+  // its `.next` made the removal fail (ENOTEMPTY) once.
+  await Promise.all(children.map(stopped));
+  for (const d of dirs) rmSync(d, { recursive: true, force: true, maxRetries: 5 });
 });
+
+/** Stops `child`: SIGTERM, SIGKILL 5 s later; resolves once it has exited. */
+function stopped(child) {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once('exit', resolve);
+    child.kill();
+    setTimeout(() => child.kill('SIGKILL'), 5000).unref();
+  });
+}
 
 /** Opens the app through the proxy, clicks its button, and says what happened. */
 async function visit(port) {
