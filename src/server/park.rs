@@ -363,8 +363,6 @@ impl<I: Parkable> Slots<I> {
         }
         self.live -= closed;
         self.compact();
-        // The free list made again: it may hold slots gone or taken since.
-        self.free = self.slots.iter().enumerate().filter(|(_, slot)| slot.is_none()).map(|(i, _)| Reverse(i)).collect();
         (closed, next)
     }
 
@@ -382,7 +380,8 @@ impl<I: Parkable> Slots<I> {
     }
 
     /// Drops empty slots from the end and gives back most of the room a
-    /// crowd of connections left.
+    /// crowd of connections left; the free list loses the slots that
+    /// went once it names many more than there are.
     fn compact(&mut self) {
         while self.slots.last().is_some_and(Option::is_none) {
             self.slots.pop();
@@ -390,6 +389,10 @@ impl<I: Parkable> Slots<I> {
         let len = self.slots.len();
         if self.slots.capacity() > 64 && self.slots.capacity() > 4 * len {
             self.slots.shrink_to(2 * len);
+        }
+        if self.free.len() > 2 * len + 64 {
+            self.free.retain(|&Reverse(index)| index < len);
+            self.free.shrink_to_fit();
         }
     }
 }
