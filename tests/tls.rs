@@ -163,6 +163,10 @@ async fn an_idle_tls_connection_is_parked_and_served_again() {
     let seen: Vec<_> = app.seen().iter().map(|s| s.target.clone()).collect();
     assert_eq!(seen, ["/first", "/after-parking"]);
     assert_eq!(parked(&proxy), 0.0);
+    // Parked again, then closed by its client: the lot lets it go.
+    wait_for(|| async { parked(&proxy) == 1.0 }).await;
+    drop(sender);
+    wait_for(|| async { parked(&proxy) == 0.0 }).await;
 }
 
 #[tokio::test]
