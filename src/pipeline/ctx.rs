@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::HOST;
-use http::{HeaderMap, HeaderValue, Method, Request, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
@@ -69,6 +69,10 @@ pub struct RequestCtx {
     /// The host the client asked for: the URI's authority (HTTP/2
     /// `:authority`, absolute-form requests) or the `Host` header.
     pub host: Option<HeaderValue>,
+    /// Why the request's `Host` cannot be trusted, if it cannot: two of
+    /// them (RFC 9112 3.2), or an HTTP/2 `Host` that disagrees with
+    /// `:authority` (RFC 9113 8.3.1).
+    pub bad_host: Option<&'static str>,
     /// The app port, once the host or route names one.
     pub port: Option<Port>,
     /// The credential that opened a private sandbox (`None`: public).
@@ -111,16 +115,33 @@ impl RequestCtx {
     /// log is on. A trusted peer's `X-Request-Id` is kept.
     pub fn new(req: &mut Request<Incoming>, peer: &super::Peer, scheme: &str, log: bool) -> RequestCtx {
         let trusted = peer.trusted;
+        // One lookup of `Host` serves the host and its checks.
+        let mut hosts = req.headers().get_all(HOST).iter();
+        let (host_header, more) = (hosts.next(), hosts.next().is_some());
+        let bad_host = match (more, req.version(), host_header, req.uri().authority()) {
+            (true, ..) => Some("the request has more than one Host header"),
+            (false, Version::HTTP_2, Some(host), Some(authority))
+                if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+            {
+                Some("the Host header disagrees with :authority")
+            }
+            _ => None,
+        };
         let host = match req.uri().authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-            None => req.headers().get(HOST).cloned(),
+            None => host_header.cloned(),
         };
         // Only WebSocket upgrades are tunnelled: any other `Upgrade` (h2c)
         // is dropped with the hop-by-hop headers and served as plain HTTP.
         let client_upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut *req));
         let control = Control::take(req.headers_mut());
         let cors = Cors::new(req.headers(), scheme, host.as_ref(), control.disable_cors);
-        let sent = req.headers().get(X_REQUEST_ID).filter(|v| trusted && is_request_id(v.as_bytes()));
+        // Looked up only where it may be kept: an untrusted client's id is
+        // replaced, which `insert` does without a look first.
+        let sent = match trusted {
+            true => req.headers().get(X_REQUEST_ID).filter(|v| is_request_id(v.as_bytes())),
+            false => None,
+        };
         let request_id = match sent {
             Some(id) => id.clone(),
             None => {
@@ -139,6 +160,7 @@ impl RequestCtx {
             html: wants_html(req.headers()),
             cors,
             host,
+            bad_host,
             port: None,
             auth: None,
             user: None,

@@ -156,7 +156,7 @@ impl Proxy {
     /// Request filter: preflights are answered, then the proxy's own routes
     /// (any non-preview host, and the accept endpoint), then the warning page.
     async fn request_filter(&self, req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Filtered, ProxyError> {
-        check_request_line(&req)?;
+        check_request_line(&req, ctx)?;
         if ctx.cors.is_preflight(req.method(), req.headers()) {
             let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
             *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -298,7 +298,7 @@ impl Proxy {
         }
         // The request reached the sandbox: it counts as activity.
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let streaming = matches!(resp.body(), Either::Left(body) if is_streaming(resp.headers(), body));
+        let streaming = matches!(resp.body(), Either::Left(body) if is_streaming(body));
         let activity = match ctx.skip_activity {
             true => None,
             false if upgraded || streaming => Some(shared.activity.hold(sandbox_id)),
@@ -394,21 +394,13 @@ impl Proxy {
 }
 
 /// Requests no proxy should pass on: `CONNECT` (405: the proxy opens no raw
-/// channels), two `Host` headers (RFC 9112 3.2), or an HTTP/2 `Host` that
-/// disagrees with `:authority` (RFC 9113 8.3.1).
-fn check_request_line(req: &Request<Incoming>) -> Result<(), ProxyError> {
+/// channels), or a `Host` that cannot be trusted ([`RequestCtx::bad_host`]).
+fn check_request_line(req: &Request<Incoming>, ctx: &RequestCtx) -> Result<(), ProxyError> {
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("the request has more than one Host header"));
+    match ctx.bad_host {
+        Some(why) => Err(ProxyError::BadRequest(why)),
+        None => Ok(()),
     }
-    if let (http::Version::HTTP_2, Some(host), Some(authority)) = (req.version(), first, req.uri().authority()) {
-        if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
-            return Err(ProxyError::BadRequest("the Host header disagrees with :authority"));
-        }
-    }
-    Ok(())
 }

@@ -88,7 +88,8 @@ impl hyper::body::Body for UpstreamBody {
 }
 
 /// Whether a response streams for an unknown time (no `Content-Length`:
-/// server-sent events, chunked streams).
-pub fn is_streaming(headers: &http::HeaderMap, body: &Incoming) -> bool {
-    !headers.contains_key(http::header::CONTENT_LENGTH) && !body.is_end_stream()
+/// server-sent events, chunked streams). The body knows its length from
+/// the head hyper parsed, which saves looking the header up again.
+pub fn is_streaming(body: &Incoming) -> bool {
+    body.size_hint().exact().is_none() && !body.is_end_stream()
 }
