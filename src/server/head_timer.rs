@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 
 use super::client_io::Clock;
-use crate::timers::KeptTimers;
+use crate::timers::{self, KeptTimers};
 
 /// An HTTP/1 connection idle this long between requests is parked (its
 /// buffers given back) until the next request's first byte.
@@ -126,14 +126,12 @@ impl Future for HeadSleep {
         };
         let sleep = match &mut this.sleep {
             Some(sleep) => {
-                if sleep.deadline() != deadline.into() {
-                    sleep.as_mut().reset(deadline.into());
-                }
+                timers::set(sleep.as_mut(), deadline.into());
                 sleep
             }
             None => this.sleep.insert(Box::pin(tokio::time::sleep_until(deadline.into()))),
         };
-        ready!(sleep.as_mut().poll(cx));
+        ready!(timers::poll_until(sleep, deadline.into(), cx));
         if !parks {
             return Poll::Ready(());
         }

@@ -31,7 +31,7 @@ use crate::error::ProxyError;
 use crate::http::host::Port;
 use crate::http::is_upgrade;
 use crate::metrics::Metrics;
-use crate::timers::KeptTimers;
+use crate::timers::{self, KeptTimers};
 
 type Sender = SendRequest<RequestBody>;
 
@@ -245,7 +245,8 @@ impl Pool {
         direct: bool,
     ) -> Result<(Response<Incoming>, Lease, Option<Outgoing>), ProxyError> {
         let Outgoing { key, req } = out;
-        let mut timer = self.timers.until(tokio::time::Instant::now() + timeout);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut timer = self.timers.until(deadline);
         let answered = {
             // Pinned where it is made: polled by reference, never moved
             // (a future bound to a local first was copied into place, 1.3 KB).
@@ -266,7 +267,7 @@ impl Pool {
             });
             std::future::poll_fn(|cx| match attempt.as_mut().poll(cx) {
                 Poll::Ready(answered) => Poll::Ready(answered),
-                Poll::Pending => timer.as_mut().poll(cx).map(|()| Err(Failure::TimedOut)),
+                Poll::Pending => timers::poll_until(&mut timer, deadline, cx).map(|()| Err(Failure::TimedOut)),
             })
             .await
         };
