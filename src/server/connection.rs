@@ -223,11 +223,13 @@ async fn drive<C>(
     shutdown: fn(Pin<&mut C>),
     idle: Option<(&Streams, Duration)>,
     park: Option<&Clock>,
-    mut closing: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
 ) -> bool
 where
     C: Future<Output = Result<(), hyper::Error>>,
 {
+    let closed = closed(closing);
+    tokio::pin!(closed);
     let mut ending = false;
     let mut parked = false;
     // After an idle GOAWAY: when the connection is dropped if it has not
@@ -258,12 +260,34 @@ where
                 tracing::debug!("idle HTTP/2 connection dropped: it did not end after its GOAWAY");
                 return false;
             }
-            _ = closing.wait_for(|c| *c), if !ending => {
+            () = &mut closed, if !ending => {
                 shutdown(conn.as_mut());
                 ending = true;
             }
         }
     }
+}
+
+/// Completes once `closing` turns true (or its worker is gone). The wait
+/// is registered with the channel at the first poll; later polls look at
+/// the channel's version (one atomic load) rather than polling the wait
+/// again, which takes the channel's lock: a connection's task is polled
+/// twice a request. Polled with another waker, it registers again.
+fn closed(closing: watch::Receiver<bool>) -> impl Future<Output = ()> {
+    let seen = closing.clone();
+    let mut wait = Box::pin(async move {
+        let mut closing = closing;
+        let _ = closing.wait_for(|c| *c).await;
+    });
+    let mut registered: Option<std::task::Waker> = None;
+    std::future::poll_fn(move |cx| {
+        let same_waker = registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if same_waker && matches!(seen.has_changed(), Ok(false)) {
+            return Poll::Pending;
+        }
+        registered = Some(cx.waker().clone());
+        wait.as_mut().poll(cx)
+    })
 }
 
 /// Completes once the header timer asks to park the connection; never
@@ -368,5 +392,38 @@ impl hyper::body::Body for Counted {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `fut` once without waiting.
+    fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        Pin::new(fut).poll(&mut Context::from_waker(waker))
+    }
+
+    #[tokio::test]
+    async fn closed_wakes_its_task_when_closing_turns_true() {
+        let (tx, rx) = watch::channel(false);
+        let mut waiting = Box::pin(closed(rx));
+        // Registered at its first poll; the next polls take the short way.
+        assert!(poll_once(&mut waiting).is_pending());
+        assert!(poll_once(&mut waiting).is_pending());
+        let woken = tokio::spawn(waiting);
+        tokio::task::yield_now().await;
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), woken).await.expect("woken when closing").unwrap();
+    }
+
+    #[tokio::test]
+    async fn closed_completes_when_its_worker_is_gone() {
+        let (tx, rx) = watch::channel(false);
+        let mut waiting = Box::pin(closed(rx));
+        assert!(poll_once(&mut waiting).is_pending());
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("done when the sender is gone");
     }
 }
