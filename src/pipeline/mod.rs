@@ -20,6 +20,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 
+use crate::config::UpstreamHost;
 use crate::control_plane::Target;
 use crate::error::ProxyError;
 use crate::http::host::{self, Port};
@@ -107,12 +108,14 @@ impl Proxy {
         self.upstream_request_filter(&mut parts, &dest, &sandbox_id, &target, ctx)?;
         // 5. Send, and wait for the response head.
         let direct = matches!(target, Target::Direct(_));
-        let (limit, counts) = (self.shared.config.request_body_timeout, self.shared.metrics.local().clone());
         // Most requests have no body: nothing to watch or count (and the
         // request moves as a smaller value).
         let body = match hyper::body::Body::is_end_stream(&body) {
             true => Either::Right(Empty::new()),
-            false => Either::Left(Box::new(ClientBody::new(body, limit, ctx.bytes_in.clone(), counts))),
+            false => {
+                let (limit, counts) = (self.shared.config.request_body_timeout, self.shared.metrics.local().clone());
+                Either::Left(Box::new(ClientBody::new(body, limit, ctx.bytes_in.clone(), counts)))
+            }
         };
         let out = self.pool.address(Request::from_parts(parts, body), dest.port(), direct)?;
         let timeout = self.shared.config.upstream_timeout;
@@ -216,6 +219,16 @@ impl Proxy {
         };
         let upgrade = ctx.client_upgrade.is_some().then(|| parts.headers.get(UPGRADE).cloned()).flatten();
         rewrite::prepare_request_headers(&mut parts.headers, &down, target, upgrade);
+        // An app reached directly sees its own address as `Host` when asked
+        // (`UPSTREAM_HOST_HEADER=upstream`); every other request has its
+        // `Host` by now, so the pool need not look.
+        if let (UpstreamHost::Upstream, Target::Direct(_), Some(authority)) =
+            (down.host_header, target, uri.authority())
+        {
+            if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(http::header::HOST, host);
+            }
+        }
         if let Some(user) = &ctx.user {
             if let Ok(subject) = http::HeaderValue::from_str(&user.subject) {
                 parts.headers.insert(X_FORWARDED_USER, subject);

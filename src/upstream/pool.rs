@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, HOST};
 use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response};
 use http_body_util::{Either, Empty};
@@ -209,7 +208,8 @@ impl Pool {
     }
 
     /// The request addressed to its upstream: the pool's key, and the
-    /// request line in origin form with a `Host`.
+    /// request line in origin form. The request carries its `Host` already
+    /// (the upstream request filter sets it).
     pub fn address(&self, mut req: Request<RequestBody>, port: Port, direct: bool) -> Result<Outgoing, ProxyError> {
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             // Started here, on the worker's own runtime, at the first request.
@@ -219,11 +219,6 @@ impl Pool {
             Some(authority) => Key { https: req.uri().scheme() == Some(&Scheme::HTTPS), authority: authority.clone() },
             None => return Err(classify(Failure::Connect("no upstream host".into()), port, direct)),
         };
-        if !req.headers().contains_key(HOST) {
-            if let Ok(host) = HeaderValue::from_str(key.authority.as_str()) {
-                req.headers_mut().insert(HOST, host);
-            }
-        }
         *req.uri_mut() = origin_form(req.uri());
         Ok(Outgoing { key, req })
     }
