@@ -273,12 +273,13 @@ where
 /// the channel's version (one atomic load) rather than polling the wait
 /// again, which takes the channel's lock: a connection's task is polled
 /// twice a request. Polled with another waker, it registers again.
-fn closed(closing: watch::Receiver<bool>) -> impl Future<Output = ()> {
+async fn closed(closing: watch::Receiver<bool>) {
     let seen = closing.clone();
-    let mut wait = Box::pin(async move {
+    let wait = async move {
         let mut closing = closing;
         let _ = closing.wait_for(|c| *c).await;
-    });
+    };
+    tokio::pin!(wait);
     let mut registered: Option<std::task::Waker> = None;
     std::future::poll_fn(move |cx| {
         let same_waker = registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
@@ -288,6 +289,7 @@ fn closed(closing: watch::Receiver<bool>) -> impl Future<Output = ()> {
         registered = Some(cx.waker().clone());
         wait.as_mut().poll(cx)
     })
+    .await
 }
 
 /// Completes once the header timer asks to park the connection; never
