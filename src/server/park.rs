@@ -391,8 +391,9 @@ impl<I: Parkable> Slots<I> {
             self.slots.shrink_to(2 * len);
         }
         if self.free.len() > 2 * len + 64 {
-            self.free.retain(|&Reverse(index)| index < len);
-            self.free.shrink_to_fit();
+            // Made again from the slots: exact, so no entry is kept twice.
+            let free = self.slots.iter().enumerate().filter(|(_, slot)| slot.is_none());
+            self.free = free.map(|(i, _)| Reverse(i)).collect();
         }
     }
 }
