@@ -85,7 +85,7 @@ pub fn poll_until(timer: &mut Pin<Box<Sleep>>, deadline: Instant, cx: &mut Conte
 mod tests {
     use super::*;
 
-    fn wait(timer: &mut Pin<Box<Sleep>>, deadline: Instant) -> impl std::future::Future<Output = ()> + '_ {
+    fn wait(timer: &mut Pin<Box<Sleep>>, deadline: Instant) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| poll_until(timer, deadline, cx))
     }
 

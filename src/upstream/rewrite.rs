@@ -140,7 +140,7 @@ pub fn prepare_request_headers(
     match (down.host_header, target) {
         (UpstreamHost::Preview, _) => headers.insert(header::HOST, down.host.clone()),
         (UpstreamHost::Upstream, Target::Runner(runner)) => headers.insert(header::HOST, runner.host.clone()),
-        // The pool sets it from the URI.
+        // Set from the upstream URI by the caller (the upstream request filter).
         (UpstreamHost::Upstream, Target::Direct(_)) => headers.remove(header::HOST),
     };
     join_cookies(headers);
