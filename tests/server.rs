@@ -246,6 +246,35 @@ async fn an_idle_keep_alive_connection_is_parked_and_keeps_its_limits() {
 }
 
 #[tokio::test]
+async fn an_idle_connection_parks_soon_and_late_once_its_client_came_back_soon() {
+    // Parked 100 ms after its answer while its client leaves it parked
+    // for more than a second; a second after each answer once its client
+    // came back sooner (requests that far apart would each pay a park and
+    // a resume).
+    let app = App::start().await;
+    let (config, _dir, _) = registry_config(DEMO);
+    let proxy = TestProxy::start(config).await;
+    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut parked_after = Vec::new();
+    for pause in [Duration::ZERO, Duration::from_millis(1200), Duration::ZERO, Duration::ZERO] {
+        // How long the connection stays parked before its next request.
+        tokio::time::sleep(pause).await;
+        s.write_all(request.as_bytes()).await.unwrap();
+        assert_eq!(read_answer(&mut s).await, "HTTP/1.1 200 OK");
+        let answered = std::time::Instant::now();
+        assert_eq!(parked(&proxy), 0.0);
+        wait_for(|| async { parked(&proxy) == 1.0 }).await;
+        parked_after.push(answered.elapsed());
+    }
+    let [first, after_long, after_short, again] = parked_after[..] else { unreachable!() };
+    assert!(first < Duration::from_millis(700), "parked {first:?} after the first answer");
+    assert!(after_long < Duration::from_millis(700), "parked {after_long:?} after a long pause");
+    assert!(after_short > Duration::from_millis(900), "parked {after_short:?} after a short pause");
+    assert!(again > Duration::from_millis(900), "parked {again:?} after the next answer");
+}
+
+#[tokio::test]
 async fn parked_connections_close_each_at_its_own_idle_limit() {
     // A worker's parked connections wait in one lot, swept for those past
     // their limit: each closes its idle limit after its own last answer,
@@ -272,6 +301,44 @@ async fn parked_connections_close_each_at_its_own_idle_limit() {
         assert!(took > Duration::from_millis(2800) && took < Duration::from_millis(3600), "closed after {took:?}");
     }
     wait_for(|| async { parked(&proxy) == 0.0 }).await;
+}
+
+#[tokio::test]
+async fn a_connection_parked_late_closes_at_its_limit_behind_one_parked_soon() {
+    // A connection that parks late (a second after its answer) can be due
+    // before one that parked soon just before it: the lot sweeps at the
+    // earliest deadline all the same.
+    let app = App::start().await;
+    let (mut config, _dir, _) = registry_config(DEMO);
+    config.idle_timeout = Duration::from_secs(2);
+    let proxy = TestProxy::start(config).await;
+    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    // Back within a second of its first parking, so it parks late; then
+    // busy (a request every 0.5 s) until the lot, empty, stops sweeping.
+    let mut late = TcpStream::connect(proxy.addr).await.unwrap();
+    for i in 0..6 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        late.write_all(request.as_bytes()).await.unwrap();
+        read_answer(&mut late).await;
+        if i == 0 {
+            wait_for(|| async { parked(&proxy) == 1.0 }).await;
+        }
+    }
+    let late_answered = std::time::Instant::now();
+    assert_eq!(parked(&proxy), 0.0);
+    // Answered 0.5 s later and parked 0.1 s after that: before `late`
+    // parks, and due 0.5 s after it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut soon = TcpStream::connect(proxy.addr).await.unwrap();
+    soon.write_all(request.as_bytes()).await.unwrap();
+    read_answer(&mut soon).await;
+    wait_for(|| async { parked(&proxy) == 2.0 }).await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(6), late.read_to_end(&mut rest)).await.expect("closed").unwrap();
+    let took = late_answered.elapsed();
+    assert!(took > Duration::from_millis(1800) && took < Duration::from_millis(2300), "closed after {took:?}");
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::client_io::{Clock, StreamExecutor, StreamWatch, Watched};
-use super::head_timer::HeadTimer;
+use super::head_timer::{HeadTimer, Parking};
 use super::park::{Http1, Lot};
 use super::{OpenConnection, Server};
 use crate::pipeline::access_log::Logged;
@@ -95,7 +95,7 @@ pub async fn serve<I>(
     let send_limit = server.config().response_idle_timeout;
     let io = Watched::new(io, first, clock.clone(), send_limit);
     if protocol == Protocol::Http1 {
-        return serve_http1(Http1 { io, server, peer, held: (open, held), lot }).await;
+        return serve_http1(Http1 { io, server, peer, held: (open, held), lot, parking: Parking::Soon }).await;
     }
     let config = server.config();
     let (idle, streams_limit) = (config.idle_timeout, config.max_concurrent_streams);
@@ -165,8 +165,8 @@ where
     tokio::spawn(serve_http1(conn));
 }
 
-/// Serves HTTP/1 requests until the connection ends or has idled for
-/// [`PARK_AFTER`](super::head_timer::PARK_AFTER). Then it is parked: hyper's connection, with its read
+/// Serves HTTP/1 requests until the connection ends or has idled for its
+/// [`Parking`] delay. Then it is parked: hyper's connection, with its read
 /// and write buffers (16 KiB), is dropped, and the connection waits for
 /// its next request in its worker's [`Lot`], which serves it again in a
 /// new task. It still closes `IDLE_TIMEOUT_SEC` after its last request.
@@ -177,11 +177,11 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     Box::pin(async move {
-        let Http1 { io, server, peer, held, lot } = conn;
+        let Http1 { io, server, peer, held, lot, parking } = conn;
         let clock = io.clock().clone();
         let config = server.config();
         let (header_read, idle) = (config.header_read_timeout, config.idle_timeout);
-        let timer = HeadTimer::new(header_read, idle, clock.clone());
+        let timer = HeadTimer::new(header_read, idle, parking, clock.clone());
         let service = service(server.clone(), Peer::new(peer.0, peer.1), None, clock.clone());
         let mut hyper_conn = http1::Builder::new()
             .timer(timer)
@@ -202,7 +202,7 @@ where
             return;
         }
         let Some(parts) = hyper_conn.into_parts() else { return };
-        let mut conn = Http1 { io: parts.io.into_inner(), server, peer, held, lot };
+        let mut conn = Http1 { io: parts.io.into_inner(), server, peer, held, lot, parking };
         match parts.read_buf.is_empty() && !conn.io.has_unread() {
             true => Lot::park(conn),
             // Not idle after all (a byte came as it parked): served on.

@@ -3,7 +3,7 @@
 //! request's headers must arrive within `header_read`; between requests
 //! the connection may idle for `idle`, and once the next request's first
 //! byte arrives its headers have `header_read`. An idle connection is
-//! asked to park after [`PARK_AFTER`].
+//! asked to park after its [`Parking`] delay.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,15 +17,35 @@ use tokio::time::Sleep;
 use super::client_io::Clock;
 use crate::timers::{self, KeptTimers};
 
-/// An HTTP/1 connection idle this long between requests is parked (its
-/// buffers given back) until the next request's first byte.
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+/// How long an HTTP/1 connection idles between requests before it is
+/// parked (its buffers given back) until the next request's first byte.
+/// Soon at first: most idle connections are a browser's once its page has
+/// loaded, or clients that asked once, and hyper's buffers (16 KiB) held
+/// for a second by each of a crowd of them were most of the memory the
+/// crowd left behind. Late for a connection whose client came back within
+/// a second of its parking: requests that far apart would each pay a park
+/// and a resume (about 22,000 instructions, most of a request's cost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parking {
+    Soon,
+    Late,
+}
+
+impl Parking {
+    pub fn after(self) -> Duration {
+        match self {
+            Parking::Soon => Duration::from_millis(100),
+            Parking::Late => Duration::from_secs(1),
+        }
+    }
+}
 
 /// The timer hyper is given for one HTTP/1 connection (made again when a
 /// parked connection wakes).
 pub struct HeadTimer {
     header_read: Duration,
     idle: Duration,
+    park_after: Duration,
     shared: Arc<Shared>,
     /// A first request has been waited for.
     used: AtomicBool,
@@ -40,9 +60,9 @@ struct Shared {
 }
 
 impl HeadTimer {
-    pub fn new(header_read: Duration, idle: Duration, reads: Arc<Clock>) -> HeadTimer {
+    pub fn new(header_read: Duration, idle: Duration, parking: Parking, reads: Arc<Clock>) -> HeadTimer {
         let shared = Arc::new(Shared { reads, spare: KeptTimers::new(1) });
-        HeadTimer { header_read, idle, shared, used: AtomicBool::new(false) }
+        HeadTimer { header_read, idle, park_after: parking.after(), shared, used: AtomicBool::new(false) }
     }
 }
 
@@ -77,6 +97,7 @@ struct HeadSleep {
     started: Instant,
     header_read: Duration,
     idle: Duration,
+    park_after: Duration,
     // Waiting for a request after the first.
     keep_alive: bool,
     // The read count when the wait began.
@@ -97,6 +118,7 @@ impl HeadSleep {
             started,
             header_read,
             idle: timer.idle,
+            park_after: timer.park_after,
             keep_alive,
             reads_at_start: timer.shared.reads.reads(),
             first_byte: None,
@@ -117,10 +139,10 @@ impl Future for HeadSleep {
             this.first_byte = Some(Instant::now());
         }
         // Idle between requests, first until it is time to park.
-        let parks = this.keep_alive && this.first_byte.is_none() && !this.park_asked && this.idle > PARK_AFTER;
+        let parks = this.keep_alive && this.first_byte.is_none() && !this.park_asked && this.idle > this.park_after;
         let deadline = match (this.keep_alive, this.first_byte) {
             (false, _) => this.started + this.header_read,
-            (true, None) if parks => this.started + PARK_AFTER,
+            (true, None) if parks => this.started + this.park_after,
             (true, None) => this.started + this.idle,
             (true, Some(first)) => first + this.header_read,
         };

@@ -94,12 +94,12 @@ pub async fn run(listener: TcpListener, server: Arc<Server>, shutdown: impl Futu
     let shutdown_timeout = config.shutdown_timeout;
     let (closing, closing_rx) = watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
-    // Idle HTTP/1 connections wait here from a second after their last
-    // request (`PARK_AFTER`) until `IDLE_TIMEOUT_SEC` after it.
-    let parked_for = config.idle_timeout.saturating_sub(head_timer::PARK_AFTER);
+    // Idle HTTP/1 connections wait here from a moment after their last
+    // request (`head_timer::Parking`) until `IDLE_TIMEOUT_SEC` after it.
+    let idle = config.idle_timeout;
     let counts = server.proxy.shared.metrics.local();
-    let cleartext = Lot::<TcpStream>::start(parked_for, closing_rx.clone(), counts.clone(), connection::resume)?;
-    let tls = Lot::<TlsStream>::start(parked_for, closing_rx.clone(), counts.clone(), connection::resume)?;
+    let cleartext = Lot::<TcpStream>::start(idle, closing_rx.clone(), counts.clone(), connection::resume)?;
+    let tls = Lot::<TlsStream>::start(idle, closing_rx.clone(), counts.clone(), connection::resume)?;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::client_io::{Clock, Watched};
+use super::head_timer::Parking;
 use super::{OpenConnection, Server, TlsStream};
 use crate::metrics::{Counts, Open};
 
@@ -41,6 +42,8 @@ pub struct Http1<I> {
     pub held: (Open, OpenConnection),
     /// Where it parks when idle.
     pub lot: Lot<I>,
+    /// How soon it parks.
+    pub parking: Parking,
 }
 
 /// Where one worker's HTTP/1 connections of one kind (cleartext or TLS)
@@ -137,8 +140,9 @@ impl Source for WaitingTls {
 }
 
 impl<I: Parkable> Lot<I> {
-    /// Starts the lot's task. A connection stays parked up to `idle`, and
-    /// none once `closing` turns true. `counts`: the worker's, whose
+    /// Starts the lot's task. A connection stays parked until `idle` after
+    /// its last answer (less the time it took to park), and none once
+    /// `closing` turns true. `counts`: the worker's, whose
     /// parked-connection gauge the lot keeps.
     pub fn start(
         idle: Duration,
@@ -206,8 +210,10 @@ async fn keep<I: Parkable>(
         tokio::select! {
             conn = arrived.recv() => {
                 let Some(conn) = conn else { break };
-                let deadline = Instant::now() + idle;
-                if !sweeping {
+                // A connection parked late may be due before one parked
+                // soon that came earlier.
+                let deadline = Instant::now() + idle.saturating_sub(conn.parking.after());
+                if !sweeping || deadline < sweep.deadline() {
                     sweep.as_mut().reset(deadline);
                     sweeping = true;
                 }
@@ -234,7 +240,7 @@ async fn keep<I: Parkable>(
                         Woke::Closed => counts.parked(-1),
                         Woke::Serve(conn) => {
                             counts.parked(-1);
-                            if let Some(conn) = conn.serve(&lot) {
+                            if let Some(conn) = conn.serve(&lot, millis(Instant::now()), idle) {
                                 resume(conn);
                             }
                         }
@@ -269,17 +275,26 @@ struct Waiting<I: Parkable> {
     server: Arc<Server>,
     peer: (SocketAddr, bool),
     held: (Open, OpenConnection),
+    parking: Parking,
     /// In milliseconds since the lot started.
     deadline: u32,
 }
 
 impl<I: Parkable> Waiting<I> {
-    /// The connection as it is served again, or nothing if tokio could not
-    /// take its socket back.
-    fn serve(self, lot: &Lot<I>) -> Option<Http1<I>> {
-        let Waiting { stream, send_limit, server, peer, held, .. } = self;
+    /// The connection as it is served again at `now` (milliseconds since
+    /// the lot started), or nothing if tokio could not take its socket
+    /// back. One whose client came back within [`Parking::Late`]'s delay
+    /// of its parking parks late from now on.
+    fn serve(self, lot: &Lot<I>, now: u32, idle: Duration) -> Option<Http1<I>> {
+        let Waiting { stream, send_limit, server, peer, held, mut parking, deadline } = self;
+        // What it could wait here, less what it has left.
+        let may_wait = idle.saturating_sub(parking.after()).as_millis();
+        let parked_for = may_wait.saturating_sub(deadline.saturating_sub(now).into());
+        if parked_for < Parking::Late.after().as_millis() {
+            parking = Parking::Late;
+        }
         let io = Watched::new(I::serve(stream).ok()?, Vec::new(), Arc::new(Clock::default()), send_limit);
-        Some(Http1 { io, server, peer, held, lot: lot.clone() })
+        Some(Http1 { io, server, peer, held, lot: lot.clone(), parking })
     }
 }
 
@@ -309,7 +324,7 @@ impl<I: Parkable> Slots<I> {
     /// Parks `conn` until `deadline`: false if its socket could not be
     /// moved to the lot's poll (it is closed then).
     fn add(&mut self, conn: Http1<I>, deadline: u32, registry: &Registry) -> bool {
-        let Http1 { io, server, peer, held, .. } = conn;
+        let Http1 { io, server, peer, held, parking, .. } = conn;
         let (stream, send_limit) = io.into_parked();
         let Ok(mut stream) = I::wait(stream) else { return false };
         let index = self.take_free();
@@ -318,7 +333,7 @@ impl<I: Parkable> Slots<I> {
             self.free.push(Reverse(index));
             return false;
         }
-        self.slots[index] = Some(Waiting { stream, send_limit, server, peer, held, deadline });
+        self.slots[index] = Some(Waiting { stream, send_limit, server, peer, held, parking, deadline });
         self.live += 1;
         true
     }
