@@ -238,6 +238,9 @@ where
     let mut idled: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
+            // In order, the connection first: no random start to draw on
+            // each of the two polls a request makes.
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = &result {
                     tracing::debug!(error = %e, "connection closed with an error");
