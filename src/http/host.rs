@@ -289,6 +289,13 @@ mod tests {
         }
 
         #[test]
+        fn hostname_labels_are_at_most_63_bytes(labels in prop::collection::vec("[a-z0-9_-]{0,70}", 1..4)) {
+            let s = labels.join(".");
+            let valid = labels.iter().all(|l| !l.is_empty() && l.len() <= 63);
+            prop_assert_eq!(is_hostname(&s), valid, "{}", s);
+        }
+
+        #[test]
         fn valid_hosts_parse(port in 1u16.., key in "[a-z0-9][a-z0-9-]{0,40}", base in "[a-z]{1,10}\\.[a-z]{2,5}") {
             let host = format!("{port}-{key}.{base}");
             let h = parse(&host, &[]).unwrap();
