@@ -201,6 +201,11 @@ async fn read_answer_and_body(s: &mut TcpStream) -> (String, String) {
     (head.lines().next().unwrap().to_string(), String::from_utf8(body).unwrap())
 }
 
+/// A keep-alive `GET /` for the demo sandbox, on `app`'s port.
+fn get_root(app: &App) -> String {
+    format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port())
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_parked_and_keeps_its_limits() {
     // Parked (its buffers given back) after a second without a request;
@@ -210,7 +215,7 @@ async fn an_idle_keep_alive_connection_is_parked_and_keeps_its_limits() {
     let (mut config, _dir, _) = registry_config(DEMO);
     (config.header_read_timeout, config.idle_timeout) = (Duration::from_secs(1), Duration::from_secs(3));
     let proxy = TestProxy::start(config).await;
-    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    let request = get_root(&app);
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut s).await, "HTTP/1.1 200 OK");
@@ -254,7 +259,7 @@ async fn an_idle_connection_parks_soon_and_late_once_its_client_came_back_soon()
     let app = App::start().await;
     let (config, _dir, _) = registry_config(DEMO);
     let proxy = TestProxy::start(config).await;
-    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    let request = get_root(&app);
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     let mut parked_after = Vec::new();
     for pause in [Duration::ZERO, Duration::from_millis(1200), Duration::ZERO, Duration::ZERO] {
@@ -283,7 +288,7 @@ async fn parked_connections_close_each_at_its_own_idle_limit() {
     let (mut config, _dir, _) = registry_config(DEMO);
     config.idle_timeout = Duration::from_secs(3);
     let proxy = TestProxy::start(config).await;
-    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    let request = get_root(&app);
     let mut first = TcpStream::connect(proxy.addr).await.unwrap();
     first.write_all(request.as_bytes()).await.unwrap();
     read_answer(&mut first).await;
@@ -312,7 +317,7 @@ async fn a_connection_parked_late_closes_at_its_limit_behind_one_parked_soon() {
     let (mut config, _dir, _) = registry_config(DEMO);
     config.idle_timeout = Duration::from_secs(2);
     let proxy = TestProxy::start(config).await;
-    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    let request = get_root(&app);
     // Back within a second of its first parking, so it parks late; then
     // busy (a request every 0.5 s) until the lot, empty, stops sweeping.
     let mut late = TcpStream::connect(proxy.addr).await.unwrap();
@@ -391,7 +396,7 @@ async fn a_parked_connection_is_closed_at_once_when_the_proxy_shuts_down() {
     config.idle_timeout = Duration::from_secs(30);
     let mut proxy = TestProxy::start(config).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    let request = format!("GET / HTTP/1.1\r\nHost: {}-demo.preview.localhost\r\n\r\n", app.addr.port());
+    let request = get_root(&app);
     s.write_all(request.as_bytes()).await.unwrap();
     read_answer(&mut s).await;
     wait_for(|| async { parked(&proxy) == 1.0 }).await;
