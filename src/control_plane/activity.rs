@@ -3,17 +3,15 @@
 //! and repeated while a WebSocket or streaming response stays open.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
-
-use moka::sync::Cache;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use super::ControlPlane;
 
 pub struct Activity {
     control_plane: Arc<ControlPlane>,
-    /// Sandboxes updated within the dedup interval.
-    recent: Cache<Arc<str>, (), ahash::RandomState>,
+    /// When each sandbox was last updated.
+    recent: Recent,
     /// Open long-lived connections per sandbox.
     open: Mutex<HashMap<Arc<str>, usize>>,
     /// Limit for one update call.
@@ -35,30 +33,19 @@ impl Activity {
         keepalive: Duration,
         timeout: Duration,
     ) -> Arc<Activity> {
-        let activity = Arc::new(Activity {
-            control_plane,
-            recent: Cache::builder()
-                .time_to_live(dedup)
-                .max_capacity(1_000_000)
-                .build_with_hasher(ahash::RandomState::new()),
-            open: Mutex::new(HashMap::new()),
-            timeout,
-        });
+        let activity =
+            Arc::new(Activity { control_plane, recent: Recent::new(dedup), open: Mutex::new(HashMap::new()), timeout });
         let weak = Arc::downgrade(&activity);
         tokio::spawn(keepalive_loop(weak, keepalive));
         activity
     }
 
-    /// Records activity for `sandbox` unless it was recorded recently. The
-    /// call runs detached, so a request that ends first cannot cancel it.
-    pub fn touch(self: &Arc<Self>, sandbox: &str) {
-        if self.recent.contains_key(sandbox) {
-            return;
-        }
-        let sandbox: Arc<str> = sandbox.into();
-        if !self.recent.entry(sandbox.clone()).or_insert(()).is_fresh() {
-            return; // another request won the race
-        }
+    /// Records activity for `sandbox` at `now` unless it was recorded
+    /// recently. The call runs detached, so a request that ends first
+    /// cannot cancel it. `now`: a clock reading the caller has anyway (a
+    /// request's start).
+    pub fn touch(self: &Arc<Self>, sandbox: &str, now: Instant) {
+        let Some(sandbox) = self.recent.claim(sandbox, now) else { return };
         let this = self.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(this.timeout, this.control_plane.touch(&sandbox)).await {
@@ -70,8 +57,8 @@ impl Activity {
     }
 
     /// Touches `sandbox` and keeps renewing it until the guard is dropped.
-    pub fn hold(self: &Arc<Self>, sandbox: &str) -> ActivityGuard {
-        self.touch(sandbox);
+    pub fn hold(self: &Arc<Self>, sandbox: &str, now: Instant) -> ActivityGuard {
+        self.touch(sandbox, now);
         let sandbox: Arc<str> = sandbox.into();
         *self.open.lock().unwrap_or_else(|e| e.into_inner()).entry(sandbox.clone()).or_default() += 1;
         ActivityGuard { activity: self.clone(), sandbox }
@@ -102,8 +89,137 @@ async fn keepalive_loop(activity: Weak<Activity>, every: Duration) {
     loop {
         tick.tick().await;
         let Some(activity) = activity.upgrade() else { return };
+        let now = Instant::now();
         for sandbox in activity.held() {
-            activity.touch(&sandbox);
+            activity.touch(&sandbox, now);
         }
+        activity.recent.forget_before(now);
+    }
+}
+
+/// When each sandbox was last updated, for the dedup interval. In shards,
+/// so that workers seldom wait for one another: a lock and two short
+/// hashes cost a request about a third of what a concurrent cache's
+/// lookup did (`BENCHMARKS.md`), and an entry is a key and a time.
+struct Recent {
+    shards: [Mutex<HashMap<Arc<str>, Instant, ahash::RandomState>>; SHARDS],
+    pick: ahash::RandomState,
+    every: Duration,
+}
+
+const SHARDS: usize = 16;
+/// Entries a shard keeps before it drops those past the interval at once
+/// (else that waits for the next keep-alive tick): a million in all.
+const SHARD_CAPACITY: usize = if cfg!(test) { 1 << 8 } else { 1 << 16 };
+
+impl Recent {
+    fn new(every: Duration) -> Recent {
+        Recent {
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::with_hasher(ahash::RandomState::new()))),
+            pick: ahash::RandomState::new(),
+            every,
+        }
+    }
+
+    /// `sandbox`, as the shared name the update needs, when it was not
+    /// updated within the interval before `now`; it counts as updated at
+    /// `now` from here on. `None` when it was (or another request just
+    /// claimed it).
+    fn claim(&self, sandbox: &str, now: Instant) -> Option<Arc<str>> {
+        let mut shard = self.shard(sandbox);
+        let name: Arc<str> = match shard.get_key_value(sandbox) {
+            Some((_, last)) if now.saturating_duration_since(*last) < self.every => return None,
+            Some((name, _)) => name.clone(),
+            None => {
+                if shard.len() >= SHARD_CAPACITY {
+                    shard.retain(|_, last| now.saturating_duration_since(*last) < self.every);
+                    // More sandboxes active at once than it holds: start
+                    // over (each may be updated once more) rather than
+                    // scan a full shard on every new one.
+                    if shard.len() > SHARD_CAPACITY / 2 {
+                        shard.clear();
+                    }
+                }
+                sandbox.into()
+            }
+        };
+        shard.insert(name.clone(), now);
+        Some(name)
+    }
+
+    /// Drops the entries whose interval ended before `now`.
+    fn forget_before(&self, now: Instant) {
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|_, last| now.saturating_duration_since(*last) < self.every);
+        }
+    }
+
+    fn shard(&self, sandbox: &str) -> MutexGuard<'_, HashMap<Arc<str>, Instant, ahash::RandomState>> {
+        let i = self.pick.hash_one(sandbox) as usize % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_is_claimed_once_per_interval() {
+        let recent = Recent::new(Duration::from_secs(45));
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(recent.claim("sbx1", at(0)).as_deref(), Some("sbx1"));
+        assert_eq!(recent.claim("sbx1", at(0)), None);
+        assert_eq!(recent.claim("sbx1", at(44)), None);
+        assert_eq!(recent.claim("sbx2", at(44)).as_deref(), Some("sbx2"), "another sandbox has its own interval");
+        assert_eq!(recent.claim("sbx1", at(45)).as_deref(), Some("sbx1"));
+        // The interval runs from the last update, not the first.
+        assert_eq!(recent.claim("sbx1", at(89)), None);
+        assert_eq!(recent.claim("sbx1", at(90)).as_deref(), Some("sbx1"));
+        // A request that started before the last update (a slow one) does not make another.
+        assert_eq!(recent.claim("sbx1", at(80)), None);
+    }
+
+    #[test]
+    fn entries_past_their_interval_are_forgotten() {
+        let recent = Recent::new(Duration::from_secs(45));
+        let t0 = Instant::now();
+        recent.claim("old", t0);
+        recent.claim("new", t0 + Duration::from_secs(30));
+        recent.forget_before(t0 + Duration::from_secs(50));
+        let left: usize = recent.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert_eq!(left, 1);
+        assert_eq!(recent.claim("new", t0 + Duration::from_secs(50)), None, "the recent one stays");
+    }
+
+    #[test]
+    fn a_full_shard_makes_room() {
+        let recent = Recent::new(Duration::from_secs(45));
+        let in_first_shard = |prefix: &str, n: usize| -> Vec<String> {
+            let names = (0..).map(|i| format!("{prefix}{i}"));
+            names.filter(|name| recent.pick.hash_one(name.as_str()) as usize % SHARDS == 0).take(n).collect()
+        };
+        let first_len = || recent.shards[0].lock().unwrap().len();
+        let t0 = Instant::now();
+        for name in in_first_shard("old", SHARD_CAPACITY) {
+            recent.claim(&name, t0);
+        }
+        assert_eq!(first_len(), SHARD_CAPACITY);
+        // Full: those past their interval go, the new one stays.
+        let later = t0 + Duration::from_secs(46);
+        let new = in_first_shard("new", SHARD_CAPACITY + 1);
+        recent.claim(&new[0], later);
+        assert_eq!(first_len(), 1);
+        for name in &new[1..SHARD_CAPACITY] {
+            recent.claim(name, later);
+        }
+        assert_eq!(first_len(), SHARD_CAPACITY);
+        assert_eq!(recent.claim(&new[0], later), None, "still within its interval");
+        // Full of sandboxes within their interval: the shard starts over.
+        assert!(recent.claim(&new[SHARD_CAPACITY], later).is_some());
+        assert_eq!(first_len(), 1);
+        assert!(recent.claim(&new[0], later).is_some(), "updated once more");
     }
 }

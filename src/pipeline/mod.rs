@@ -314,9 +314,9 @@ impl Proxy {
         let streaming = matches!(resp.body(), Either::Left(body) if is_streaming(body));
         let activity = match ctx.skip_activity {
             true => None,
-            false if upgraded || streaming => Some(shared.activity.hold(sandbox_id)),
+            false if upgraded || streaming => Some(shared.activity.hold(sandbox_id, ctx.started)),
             false => {
-                shared.activity.touch(sandbox_id);
+                shared.activity.touch(sandbox_id, ctx.started);
                 None
             }
         };
