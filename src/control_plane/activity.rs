@@ -156,8 +156,11 @@ impl Recent {
     }
 
     fn shard(&self, sandbox: &str) -> MutexGuard<'_, HashMap<Arc<str>, Instant, ahash::RandomState>> {
-        let i = self.pick.hash_one(sandbox) as usize % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[self.shard_index(sandbox)].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shard_index(&self, sandbox: &str) -> usize {
+        self.pick.hash_one(sandbox) as usize % SHARDS
     }
 }
 
@@ -199,7 +202,7 @@ mod tests {
         let recent = Recent::new(Duration::from_secs(45));
         let in_first_shard = |prefix: &str, n: usize| -> Vec<String> {
             let names = (0..).map(|i| format!("{prefix}{i}"));
-            names.filter(|name| recent.pick.hash_one(name.as_str()) as usize % SHARDS == 0).take(n).collect()
+            names.filter(|name| recent.shard_index(name) == 0).take(n).collect()
         };
         let first_len = || recent.shards[0].lock().unwrap().len();
         let t0 = Instant::now();
