@@ -70,7 +70,7 @@ impl Proxy {
     /// `/callback`, `/logout`, `/logout/done` and `/login` on the base host.
     pub(super) async fn login_route(
         &self,
-        req: Request<Incoming>,
+        req: &Request<Incoming>,
         ctx: &RequestCtx,
     ) -> Result<Response<Body>, ProxyError> {
         let host = ctx.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
@@ -81,7 +81,7 @@ impl Proxy {
         match req.uri().path() {
             "/callback" => {
                 self.callback(
-                    &req,
+                    req,
                     &host,
                     param("code"),
                     param("state"),
@@ -97,7 +97,7 @@ impl Proxy {
                     .ok_or(ProxyError::BadLogin("the return address is not a preview on this domain"))?;
                 self.start_login(&host, return_to, true).await
             }
-            "/logout" => self.logout(&req, &host).await,
+            "/logout" => self.logout(req, &host).await,
             _ => Ok(page(StatusCode::OK, "Signed out", "You are signed out of the previews on this domain.")),
         }
     }

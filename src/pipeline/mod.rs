@@ -42,7 +42,7 @@ enum Filtered {
     /// The proxy answers itself.
     Answer(Response<Body>),
     /// The request goes to a sandbox.
-    Forward(Request<Incoming>, Dest),
+    Forward(Dest),
 }
 
 impl Proxy {
@@ -76,9 +76,11 @@ impl Proxy {
     /// The phases of a request the proxy answers itself or forwards.
     async fn phases(&self, req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Response<Body>, ProxyError> {
         // 1. Request filter: preflights, the proxy's own routes, the warning page.
-        let (req, dest) = match self.request_filter(req, ctx).await? {
+        // The request stays here (it is large: moving it in and out of
+        // the filter copied it four times).
+        let dest = match self.request_filter(&req, ctx).await? {
             Filtered::Answer(resp) => return Ok(resp),
-            Filtered::Forward(req, dest) => (req, dest),
+            Filtered::Forward(dest) => dest,
         };
         // 2. Authenticate (credentials leave the request either way).
         let (mut parts, body) = req.into_parts();
@@ -158,8 +160,8 @@ impl Proxy {
 
     /// Request filter: preflights are answered, then the proxy's own routes
     /// (any non-preview host, and the accept endpoint), then the warning page.
-    async fn request_filter(&self, req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Filtered, ProxyError> {
-        check_request_line(&req, ctx)?;
+    async fn request_filter(&self, req: &Request<Incoming>, ctx: &mut RequestCtx) -> Result<Filtered, ProxyError> {
+        check_request_line(req, ctx)?;
         if ctx.cors.is_preflight(req.method(), req.headers()) {
             let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
             *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -193,7 +195,7 @@ impl Proxy {
                 return Ok(Filtered::Answer(page.render(&url).map(Either::Right)));
             }
         }
-        Ok(Filtered::Forward(req, Dest::Preview(preview)))
+        Ok(Filtered::Forward(Dest::Preview(preview)))
     }
 
     /// Upstream request filter: the upstream URI (path and query byte for

@@ -17,7 +17,7 @@ use crate::upstream::Body;
 
 impl Proxy {
     /// Routes on hosts that are not preview hosts.
-    pub(super) fn own_route(&self, req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Filtered, ProxyError> {
+    pub(super) fn own_route(&self, req: &Request<Incoming>, ctx: &mut RequestCtx) -> Result<Filtered, ProxyError> {
         let path = req.uri().path();
         if path == "/health" && matches!(*req.method(), Method::GET | Method::HEAD) {
             if self.shared.draining.load(Ordering::Relaxed) {
@@ -35,12 +35,12 @@ impl Proxy {
                 let rest = &full["/toolbox/".len() + id.len()..];
                 let rest = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
                 ctx.port = Some(Port::TOOLBOX);
-                return Ok(Filtered::Forward(req, Dest::Toolbox { sandbox_id: id, path_and_query: rest }));
+                return Ok(Filtered::Forward(Dest::Toolbox { sandbox_id: id, path_and_query: rest }));
             }
         }
         if let Some(id) = path.strip_prefix("/sandboxes/").and_then(|p| p.strip_suffix("/last-activity")) {
             if let ControlPlane::Registry(registry) = &*self.shared.control_plane {
-                if req.method() == Method::GET && self.is_operator(&req) {
+                if req.method() == Method::GET && self.is_operator(req) {
                     let body = serde_json::json!({ "sandboxId": id, "lastActivityAt": registry.last_activity(id) });
                     return Ok(Filtered::Answer(json_response(StatusCode::OK, Bytes::from(body.to_string()))));
                 }
