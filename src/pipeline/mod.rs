@@ -119,10 +119,11 @@ impl Proxy {
                 Either::Left(Box::new(ClientBody::new(body, limit, ctx.bytes_in.clone(), counts)))
             }
         };
-        let out = self.pool.address(Request::from_parts(parts, body), dest.port(), direct)?;
+        let key = self.pool.address(&mut parts.uri, dest.port(), direct)?;
         let timeout = self.shared.config.upstream_timeout;
         let sent = std::time::Instant::now();
-        let (resp, lease, replay) = self.pool.send(out, timeout, dest.port(), direct).await?;
+        let req = Request::from_parts(parts, body); // not bound earlier: each binding copies it
+        let (resp, lease, replay) = self.pool.send(key, req, timeout, dest.port(), direct).await?;
         let upstream = sent.elapsed();
         self.shared.metrics.local().upstream_headers(upstream);
         ctx.upstream = Some(upstream);
@@ -154,7 +155,7 @@ impl Proxy {
         let hold = self.shared.config.wake_hold;
         wake::hold(&self.shared.control_plane, sandbox_id, hold).await?;
         let timeout = self.shared.config.upstream_timeout;
-        let (resp, lease, _) = self.pool.send(replay, timeout, dest.port(), direct).await?;
+        let (resp, lease, _) = self.pool.send(replay.key, replay.req, timeout, dest.port(), direct).await?;
         self.response_filter((resp, lease), dest, sandbox_id, direct, None, ctx).await
     }
 

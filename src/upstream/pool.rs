@@ -63,7 +63,7 @@ pub struct Pool {
 /// the pool's two lookups a request cost 1.4k instructions. A runner's URL
 /// is spelled one way, so nothing is lost.
 #[derive(Clone)]
-struct Key {
+pub struct Key {
     https: bool,
     authority: Authority,
 }
@@ -130,8 +130,8 @@ impl Drop for Slot {
 /// A request addressed to its upstream ([`Pool::address`]), or the copy of
 /// one without a body, kept to send it again.
 pub struct Outgoing {
-    key: Key,
-    req: Request<RequestBody>,
+    pub key: Key,
+    pub req: Request<RequestBody>,
 }
 
 impl Outgoing {
@@ -207,20 +207,21 @@ impl Pool {
         }
     }
 
-    /// The request addressed to its upstream: the pool's key, and the
-    /// request line in origin form. The request carries its `Host` already
-    /// (the upstream request filter sets it).
-    pub fn address(&self, mut req: Request<RequestBody>, port: Port, direct: bool) -> Result<Outgoing, ProxyError> {
+    /// Addresses a request to its upstream: the pool's key for its URI,
+    /// which is left in origin form. The request carries its `Host` already
+    /// (the upstream request filter sets it). The request itself is not
+    /// passed through: it is large, and each move copies it.
+    pub fn address(&self, uri: &mut http::Uri, port: Port, direct: bool) -> Result<Key, ProxyError> {
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             // Started here, on the worker's own runtime, at the first request.
             tokio::spawn(sweep(Arc::downgrade(&self.idle)));
         }
-        let key = match req.uri().authority() {
-            Some(authority) => Key { https: req.uri().scheme() == Some(&Scheme::HTTPS), authority: authority.clone() },
+        let key = match uri.authority() {
+            Some(authority) => Key { https: uri.scheme() == Some(&Scheme::HTTPS), authority: authority.clone() },
             None => return Err(classify(Failure::Connect("no upstream host".into()), port, direct)),
         };
-        *req.uri_mut() = origin_form(req.uri());
-        Ok(Outgoing { key, req })
+        *uri = origin_form(uri);
+        Ok(key)
     }
 
     /// Sends the request and waits for the response head, within `timeout`.
@@ -234,12 +235,12 @@ impl Pool {
     /// costs nothing more), to send again once a sandbox is woken up.
     pub async fn send(
         &self,
-        out: Outgoing,
+        key: Key,
+        req: Request<RequestBody>,
         timeout: Duration,
         port: Port,
         direct: bool,
     ) -> Result<(Response<Incoming>, Lease, Option<Outgoing>), ProxyError> {
-        let Outgoing { key, req } = out;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut timer = self.timers.until(deadline);
         let answered = {
