@@ -122,7 +122,7 @@ impl Proxy {
         let key = self.pool.address(&mut parts.uri, dest.port(), direct)?;
         let timeout = self.shared.config.upstream_timeout;
         let sent = std::time::Instant::now();
-        let req = Request::from_parts(parts, body); // not bound earlier: each binding copies it
+        let req = Request::from_parts(parts, body); // put together only here: each move copies it
         let (resp, lease, replay) = self.pool.send(key, req, timeout, dest.port(), direct).await?;
         let upstream = sent.elapsed();
         self.shared.metrics.local().upstream_headers(upstream);
