@@ -272,6 +272,20 @@ mod tests {
     use crate::http::header_map as headers;
 
     #[test]
+    fn request_ids_are_32_random_lowercase_hex_digits() {
+        let ids: Vec<HeaderValue> = (0..64).map(|_| new_request_id()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id:?}");
+            assert!(id.as_bytes().iter().all(|b| b"0123456789abcdef".contains(b)), "{id:?}");
+        }
+        // Each place takes several values: no digit is left out or fixed.
+        for i in 0..32 {
+            let seen: std::collections::HashSet<u8> = ids.iter().map(|id| id.as_bytes()[i]).collect();
+            assert!(seen.len() > 4, "digit {i} took {} values in 64 ids", seen.len());
+        }
+    }
+
+    #[test]
     fn ip_values_read_as_the_address_does() {
         for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "::1", "::ffff:1.2.3.4", "2001:db8::7"] {
             assert_eq!(ip_value(ip.parse().unwrap()), ip);
