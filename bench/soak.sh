@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 SECONDS_RUN=${1:-600}
 ulimit -n "$(ulimit -Hn)"
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-cargo build --release --quiet --bin preview-proxy --example mock_api --example bench_app --example bench_client
+# The proxy on its own, without the dev-dependencies' features (bench/run.sh).
+cargo build --release --quiet --bin preview-proxy
+cargo build --release --quiet --example mock_api --example bench_app --example bench_client
 BIN=target/release
 WORK=$(mktemp -d /tmp/preview-proxy-soak.XXXX)
 PIDS=()
