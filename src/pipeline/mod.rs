@@ -130,12 +130,14 @@ impl Proxy {
         // 6. Response filter: waking, cookies, Location, the upgrade.
         let answer = self.response_filter((resp, lease), &dest, &sandbox_id, direct, replay.as_ref(), ctx).await;
         // A sandbox coming up: clients other than browsers are held
-        // until it is up, then the request goes again (SPEC 5).
-        match (answer, replay) {
-            (Err(ProxyError::SandboxStarting(_)), Some(replay)) if self.may_hold(&replay) => {
+        // until it is up, then the request goes again (SPEC 5). (Not a
+        // match on the pair: that copies both, the replay copy too.)
+        let starting = matches!(answer, Err(ProxyError::SandboxStarting(_)));
+        match replay {
+            Some(replay) if starting && self.may_hold(&replay) => {
                 Box::pin(self.hold_and_resend(replay, &dest, &sandbox_id, direct, ctx)).await
             }
-            (answer, _) => answer,
+            _ => answer,
         }
     }
 
