@@ -127,8 +127,8 @@ impl Drop for Slot {
     }
 }
 
-/// A request addressed to its upstream ([`Pool::address`]), or the copy of
-/// one without a body, kept to send it again.
+/// The copy of a request without a body, with its upstream's key, that
+/// [`Pool::send`] hands back to send it again (once a sandbox is up).
 pub struct Outgoing {
     pub key: Key,
     pub req: Request<RequestBody>,
