@@ -3,9 +3,10 @@
 //! and repeated while a WebSocket or streaming response stays open.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::sharded::Sharded;
 use super::ControlPlane;
 
 pub struct Activity {
@@ -97,29 +98,22 @@ async fn keepalive_loop(activity: Weak<Activity>, every: Duration) {
     }
 }
 
-/// When each sandbox was last updated, for the dedup interval. In shards,
-/// so that workers seldom wait for one another. A lock, two short hashes
-/// and a lookup cost a request two thirds of what a concurrent cache's
-/// did (246 instructions against 365, `BENCHMARKS.md`), and an entry is a
-/// key and a time (a cached sandbox: 711 -> 497 bytes).
+/// When each sandbox was last updated, for the dedup interval. A lock, two
+/// short hashes and a lookup cost a request two thirds of what a
+/// concurrent cache's did (246 instructions against 365, `BENCHMARKS.md`),
+/// and an entry is a key and a time (a cached sandbox: 711 -> 497 bytes).
 struct Recent {
-    shards: [Mutex<HashMap<Arc<str>, Instant, ahash::RandomState>>; SHARDS],
-    pick: ahash::RandomState,
+    shards: Sharded<HashMap<Arc<str>, Instant, ahash::RandomState>>,
     every: Duration,
 }
 
-const SHARDS: usize = 16;
 /// Entries a shard keeps before it drops those past the interval at once
 /// (else that waits for the next keep-alive tick): a million in all.
 const SHARD_CAPACITY: usize = if cfg!(test) { 1 << 8 } else { 1 << 16 };
 
 impl Recent {
     fn new(every: Duration) -> Recent {
-        Recent {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::with_hasher(ahash::RandomState::new()))),
-            pick: ahash::RandomState::new(),
-            every,
-        }
+        Recent { shards: Sharded::new(|| HashMap::with_hasher(ahash::RandomState::new())), every }
     }
 
     /// `sandbox`, as the shared name the update needs, when it was not
@@ -127,7 +121,7 @@ impl Recent {
     /// `now` from here on. `None` when it was (or another request just
     /// claimed it).
     fn claim(&self, sandbox: &str, now: Instant) -> Option<Arc<str>> {
-        let mut shard = self.shard(sandbox);
+        let mut shard = self.shards.lock(sandbox);
         let name: Arc<str> = match shard.get_key_value(sandbox) {
             Some((_, last)) if now.saturating_duration_since(*last) < self.every => return None,
             Some((name, _)) => name.clone(),
@@ -150,18 +144,9 @@ impl Recent {
 
     /// Drops the entries whose interval ended before `now`.
     fn forget_before(&self, now: Instant) {
-        for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+        for mut shard in self.shards.each() {
             shard.retain(|_, last| now.saturating_duration_since(*last) < self.every);
         }
-    }
-
-    fn shard(&self, sandbox: &str) -> MutexGuard<'_, HashMap<Arc<str>, Instant, ahash::RandomState>> {
-        self.shards[self.shard_index(sandbox)].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn shard_index(&self, sandbox: &str) -> usize {
-        self.pick.hash_one(sandbox) as usize % SHARDS
     }
 }
 
@@ -193,7 +178,7 @@ mod tests {
         recent.claim("old", t0);
         recent.claim("new", t0 + Duration::from_secs(30));
         recent.forget_before(t0 + Duration::from_secs(50));
-        let left: usize = recent.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        let left: usize = recent.shards.each().map(|s| s.len()).sum();
         assert_eq!(left, 1);
         assert_eq!(recent.claim("new", t0 + Duration::from_secs(50)), None, "the recent one stays");
     }
@@ -203,9 +188,9 @@ mod tests {
         let recent = Recent::new(Duration::from_secs(45));
         let in_first_shard = |prefix: &str, n: usize| -> Vec<String> {
             let names = (0..).map(|i| format!("{prefix}{i}"));
-            names.filter(|name| recent.shard_index(name) == 0).take(n).collect()
+            names.filter(|name| recent.shards.index(name) == 0).take(n).collect()
         };
-        let first_len = || recent.shards[0].lock().unwrap().len();
+        let first_len = || recent.shards.each().next().map_or(0, |s| s.len());
         let t0 = Instant::now();
         for name in in_first_shard("old", SHARD_CAPACITY) {
             recent.claim(&name, t0);

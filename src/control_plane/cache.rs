@@ -17,10 +17,10 @@ use tokio::sync::Notify;
 use super::LookupError;
 use serde_json::Value;
 
+use super::sharded::{Sharded, SHARDS};
 use super::shared_cache::{Shared, SharedCache};
 use crate::metrics::{CacheName, CacheResult, Metrics};
 
-const SHARDS: usize = 16;
 /// New keys in a shard between sweeps of its expired entries.
 const SWEEP_EVERY: usize = 1024;
 
@@ -56,9 +56,7 @@ struct Shard<V> {
 }
 
 pub struct ReadThrough<V> {
-    shards: Box<[Mutex<Shard<V>>]>,
-    /// Picks a key's shard (randomly keyed: hosts choose the keys).
-    hasher: ahash::RandomState,
+    shards: Sharded<Shard<V>>,
     capacity_per_shard: usize,
     stale_if_error: Option<Duration>,
     shared: Option<SharedLevel<V>>,
@@ -88,10 +86,8 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
     /// a value may still answer when loading fails transiently (`None`:
     /// never). Lookups are counted in `metrics` under `name`.
     pub fn new(capacity: u64, stale_if_error: Option<Duration>, name: CacheName, metrics: &Arc<Metrics>) -> Self {
-        let shard = || Mutex::new(Shard { map: HashMap::with_hasher(ahash::RandomState::new()), new_keys: 0 });
         ReadThrough {
-            shards: (0..SHARDS).map(|_| shard()).collect(),
-            hasher: ahash::RandomState::new(),
+            shards: Sharded::new(|| Shard { map: HashMap::with_hasher(ahash::RandomState::new()), new_keys: 0 }),
             capacity_per_shard: (capacity as usize).div_ceil(SHARDS).max(1),
             stale_if_error: stale_if_error.filter(|d| !d.is_zero()),
             shared: None,
@@ -117,8 +113,7 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
     }
 
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard<V>> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards.lock(key)
     }
 
     /// Returns the cached value or runs `load`, which yields the value and its
@@ -420,7 +415,7 @@ mod tests {
         for i in 0..5_000u32 {
             cache.get(&format!("sandbox-{i}"), || async move { Ok((i, Duration::from_secs(60))) }).await.unwrap();
         }
-        let held: usize = cache.shards.iter().map(|s| s.lock().unwrap().map.len()).sum();
+        let held: usize = cache.shards.each().map(|s| s.map.len()).sum();
         assert!(held <= 160, "{held} entries for a capacity of 160");
         assert_eq!(cache.get("sandbox-4999", || async { Ok((0, Duration::from_secs(60))) }).await.unwrap(), 4999);
     }

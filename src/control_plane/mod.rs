@@ -7,6 +7,7 @@ pub mod api;
 pub mod cache;
 pub mod oidc;
 pub mod registry;
+pub mod sharded;
 pub mod shared_cache;
 pub mod signed_url;
 
