@@ -2,8 +2,9 @@
 # Benchmarks preview-proxy against nginx, HAProxy, Caddy and no proxy, in one
 # run with the peers interleaved (A B C A B C ...). See BENCHMARKS.md.
 #
-#   bench/run.sh          quick: 3 rounds of 3 s (a couple of minutes)
+#   bench/run.sh          quick: 3 rounds of 3 s (about 20 minutes, the PGO build included)
 #   bench/run.sh full     the record: 5 rounds of 10 s
+#   PGO=0 bench/run.sh    the plain release build alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,6 +49,16 @@ fi
 cargo build --release --quiet --bin preview-proxy
 cargo build --release --quiet --example mock_api --example storm --example bench_app --example bench_client
 BIN=$ROOT/target/release
+# The proxy measured is the build the README gives operators, made with
+# profile-guided optimisation (scripts/build-pgo); the plain `cargo build
+# --release` binary runs beside it in scenarios 1 and 12. `PGO=0` measures
+# the plain binary alone.
+PLAIN=$BIN/preview-proxy
+PROXY=$PLAIN
+if [ "${PGO:-1}" != 0 ]; then
+  scripts/build-pgo
+  PROXY=$ROOT/target/pgo/release/preview-proxy
+fi
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -60,14 +71,18 @@ haproxy -f "$P/haproxy.cfg" >/dev/null 2>&1 & HAPROXY_PID=$!; PIDS+=($!); wait_p
 caddy run --config "$P/Caddyfile" --adapter caddyfile >/dev/null 2>&1 & CADDY_PID=$!; PIDS+=($!); wait_port 18083
 "$BIN/examples/mock_api" 127.0.0.1:18090 http://127.0.0.1:18080 0 2>/dev/null & PIDS+=($!); wait_port 18090
 
-start_proxy() { # port api-port [env...] -> pid in PROXY_PID
+start_proxy() { # port api-port [env...] -> pid in PROXY_PID; EXE: another binary
   local port=$1 api=$2; shift 2
   env "$@" DAYTONA_API_URL=http://127.0.0.1:$api PROXY_API_KEY=bench-key PROXY_LISTEN_ADDRESS=127.0.0.1 PROXY_PORT=$port \
-    RUST_LOG=warn "$BIN/preview-proxy" >"$WORK/proxy-$port.log" 2>&1 &
+    RUST_LOG=warn "${EXE:-$PROXY}" >"$WORK/proxy-$port.log" 2>&1 &
   PROXY_PID=$!; PIDS+=("$PROXY_PID"); wait_port "$port"
 }
 start_proxy 18084 18090
 MAIN_PID=$PROXY_PID
+if [ "$PROXY" != "$PLAIN" ]; then
+  EXE=$PLAIN start_proxy 18184 18090
+  PLAIN_PID=$PROXY_PID
+fi
 sleep 1
 IDLE_RSS=$(rss_kb "$PROXY_PID")
 
@@ -132,7 +147,11 @@ for _ in $(seq "$ROUNDS"); do
   CPU_PIDS=$HAPROXY_PID run_wrk 1 haproxy http://127.0.0.1:18082/ -H "$HOST"
   CPU_PIDS=$CADDY_PID run_wrk 1 caddy http://127.0.0.1:18083/ -H "$HOST"
   CPU_PIDS=$MAIN_PID run_wrk 1 preview-proxy http://127.0.0.1:18084/ -H "$HOST"
+  if [ -n "${PLAIN_PID:-}" ]; then
+    CPU_PIDS=$PLAIN_PID run_wrk 1 "preview-proxy, no PGO" http://127.0.0.1:18184/ -H "$HOST"
+  fi
 done
+[ -n "${PLAIN_PID:-}" ] && kill "$PLAIN_PID"
 AFTER_RSS=$(rss_kb "$MAIN_PID")
 
 echo "scenario 2: private sandbox (header token, cookie)"
@@ -275,10 +294,14 @@ cg_count() { # name port: runs wrk, stops the process under valgrind, prints one
 valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-nginx.out" nginx -c "$WORK/nginx-cg.conf" >/dev/null 2>&1 &
 CG_PID=$!; wait_port 18181
 cg_count nginx 18181 "$CG_PID"
-PROXY_WORKERS=1 DAYTONA_API_URL=http://127.0.0.1:18090 PROXY_API_KEY=bench-key PROXY_LISTEN_ADDRESS=127.0.0.1 PROXY_PORT=18099 \
-  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-preview-proxy.out" "$BIN/preview-proxy" >/dev/null 2>&1 &
-CG_PID=$!; wait_port 18099
-cg_count preview-proxy 18099 "$CG_PID"
+cg_proxy() { # name port binary
+  PROXY_WORKERS=1 DAYTONA_API_URL=http://127.0.0.1:18090 PROXY_API_KEY=bench-key PROXY_LISTEN_ADDRESS=127.0.0.1 PROXY_PORT=$2 \
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg-$1.out" "$3" >/dev/null 2>&1 &
+  CG_PID=$!; wait_port "$2"
+  cg_count "$1" "$2" "$CG_PID"
+}
+cg_proxy preview-proxy 18099 "$PROXY"
+[ "$PROXY" != "$PLAIN" ] && cg_proxy "preview-proxy, no PGO" 18100 "$PLAIN"
 # (awk stops reading early: the annotator's SIGPIPE is not a failure)
 (callgrind_annotate "$WORK/cg-preview-proxy.out" 2>/dev/null || true) \
   | awk '/file:function/ {f=1; next} f && NF && !/^-/ && k++ < 16 {print}' | cut -c1-150 >"$WORK/cg-top.txt"
