@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -142,9 +142,9 @@ impl DaytonaApi {
             .await
     }
 
-    /// The public flag of `sandbox_id`, if it is cached.
-    pub fn cached_public(&self, sandbox_id: &str) -> Option<bool> {
-        self.public.fresh(sandbox_id)
+    /// The public flag of `sandbox_id`, if it is cached and fresh at `now`.
+    pub fn cached_public(&self, sandbox_id: &str, now: Instant) -> Option<bool> {
+        self.public.fresh(sandbox_id, now)
     }
 
     /// `GET /runners/by-sandbox/{id}`: the runner's `proxyUrl` and `apiKey`.
@@ -318,7 +318,7 @@ impl DaytonaApi {
         auth: &HeaderValue,
         client_ip: Option<IpAddr>,
     ) -> Result<(StatusCode, Bytes), LookupError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = self.request_with_retries(method, path, endpoint.describe(), auth, client_ip).await;
         let outcome = match &result {
             Ok((status, _)) if status.is_success() => CallOutcome::Ok,

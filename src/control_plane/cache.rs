@@ -232,10 +232,11 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
         }
     }
 
-    /// The fresh value for `key`, if one is cached (counted as a hit).
-    pub fn fresh(&self, key: &str) -> Option<V> {
+    /// The value for `key` if one is cached and fresh at `now` (counted as
+    /// a hit).
+    pub fn fresh(&self, key: &str, now: Instant) -> Option<V> {
         let value = match self.shard(key).map.get(key) {
-            Some(Slot::Ready { value, fresh_until, .. }) if Instant::now() < *fresh_until => value.clone(),
+            Some(Slot::Ready { value, fresh_until, .. }) if now < *fresh_until => value.clone(),
             _ => return None,
         };
         self.metrics.local().cache(self.name, CacheResult::Hit);
@@ -425,10 +426,10 @@ mod tests {
         let cache = ReadThrough::<u32>::new(100, Some(Duration::from_secs(60)), CacheName::Runner, &Arc::default());
         cache.get("k", || async { Ok((1, Duration::from_secs(60))) }).await.unwrap();
         cache.invalidate("k").await;
-        assert!(cache.fresh("k").is_none());
+        assert!(cache.fresh("k", Instant::now()).is_none());
         let r = cache.get("k", || async { Err(LookupError::Unavailable("down".into())) }).await;
         assert_eq!(r.unwrap(), 1, "the stale copy answers");
         assert_eq!(cache.get("k", || async { Ok((2, Duration::from_secs(60))) }).await.unwrap(), 2);
-        assert_eq!(cache.fresh("k"), Some(2));
+        assert_eq!(cache.fresh("k", Instant::now()), Some(2));
     }
 }

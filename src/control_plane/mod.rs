@@ -14,7 +14,7 @@ pub mod signed_url;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::uri::{Authority, Scheme};
 use http::HeaderValue;
@@ -189,10 +189,11 @@ impl ControlPlane {
     }
 
     /// For a key that is certainly a sandbox id (a dash: signed tokens have
-    /// none) in front of the API: its public flag if cached, else `Cold`.
-    pub fn prefetch(&self, key: &str) -> Prefetch {
+    /// none) in front of the API: its public flag if cached and fresh at
+    /// `now` (the request's start: one clock reading fewer), else `Cold`.
+    pub fn prefetch(&self, key: &str, now: Instant) -> Prefetch {
         match self {
-            ControlPlane::Api(api) if key.contains('-') => match api.cached_public(key) {
+            ControlPlane::Api(api) if key.contains('-') => match api.cached_public(key, now) {
                 Some(public) => Prefetch::Known(public),
                 None => Prefetch::Cold,
             },

@@ -331,7 +331,7 @@ impl Proxy {
         let key = dest.key();
         let control_plane = &self.shared.control_plane;
         let prefetch = match dest {
-            Dest::Preview(_) => control_plane.prefetch(key),
+            Dest::Preview(_) => control_plane.prefetch(key, ctx.started),
             Dest::Toolbox { .. } => Prefetch::NotASandboxId,
         };
         match prefetch {

@@ -123,7 +123,7 @@ impl Proxy {
         let timeout = self.shared.config.upstream_timeout;
         let sent = std::time::Instant::now();
         let req = Request::from_parts(parts, body); // put together only here: each move copies it
-        let (resp, lease, replay) = self.pool.send(key, req, timeout, dest.port(), direct).await?;
+        let (resp, lease, replay) = self.pool.send(key, req, sent, timeout, dest.port(), direct).await?;
         let upstream = sent.elapsed();
         self.shared.metrics.local().upstream_headers(upstream);
         ctx.upstream = Some(upstream);
@@ -157,7 +157,8 @@ impl Proxy {
         let hold = self.shared.config.wake_hold;
         wake::hold(&self.shared.control_plane, sandbox_id, hold).await?;
         let timeout = self.shared.config.upstream_timeout;
-        let (resp, lease, _) = self.pool.send(replay.key, replay.req, timeout, dest.port(), direct).await?;
+        let sent = std::time::Instant::now();
+        let (resp, lease, _) = self.pool.send(replay.key, replay.req, sent, timeout, dest.port(), direct).await?;
         self.response_filter((resp, lease), dest, sandbox_id, direct, None, ctx).await
     }
 

@@ -92,11 +92,12 @@ struct Idle {
 }
 
 impl Idle {
-    /// The newest idle connection to `key` that is still open.
-    fn take(&mut self, key: &Key) -> Option<Sender> {
+    /// The newest idle connection to `key` that is still open (`now`: a
+    /// clock reading the caller has).
+    fn take(&mut self, key: &Key, now: Instant) -> Option<Sender> {
         let conns = self.hosts.get_mut(key)?;
         while let Some((sender, since)) = conns.pop_back() {
-            if since.elapsed() >= IDLE_TIMEOUT {
+            if now.saturating_duration_since(since) >= IDLE_TIMEOUT {
                 // Everything older is older still.
                 conns.clear();
                 break;
@@ -233,22 +234,24 @@ impl Pool {
     /// idempotent requests alike). A request that can be replayed comes
     /// back as a copy (the one made for a stale connection's retry, so it
     /// costs nothing more), to send again once a sandbox is woken up.
+    /// `sent`: the caller's clock reading as it sends (one reading fewer).
     pub async fn send(
         &self,
         key: Key,
         req: Request<RequestBody>,
+        sent: Instant,
         timeout: Duration,
         port: Port,
         direct: bool,
     ) -> Result<(Response<Incoming>, Lease, Option<Outgoing>), ProxyError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::from_std(sent) + timeout;
         let mut timer = self.timers.until(deadline);
         let answered = {
             // Pinned where it is made: polled by reference, never moved
             // (a future bound to a local first was copied into place, 1.3 KB).
             let mut attempt = std::pin::pin!(async {
                 let mut replay = replayable(&req).then(|| copy_head(&req));
-                let (again, error) = match self.send_once(&key, req, true).await {
+                let (again, error) = match self.send_once(&key, req, Some(sent)).await {
                     Ok((resp, lease)) => return Ok((resp, lease, replay)),
                     Err(Failure::Request { unsent: Some(req), error, .. }) => (*req, error),
                     Err(Failure::Request { error, unsent: None }) if is_stale(&error) => match replay.take() {
@@ -258,7 +261,7 @@ impl Pool {
                     Err(failure) => return Err(failure),
                 };
                 tracing::debug!(%error, "stale upstream connection; retrying once");
-                let (resp, lease) = self.send_once(&key, again, false).await?;
+                let (resp, lease) = self.send_once(&key, again, None).await?;
                 Ok((resp, lease, None))
             });
             std::future::poll_fn(|cx| match attempt.as_mut().poll(cx) {
@@ -276,13 +279,15 @@ impl Pool {
 
     /// One try on one connection; `req` is in origin form (its target is
     /// `key`), so a request handed back unsent can go again as it is.
+    /// `pooled`: an idle connection may carry it (the clock reading as it
+    /// is sent); otherwise a new one does.
     async fn send_once(
         &self,
         key: &Key,
         req: Request<RequestBody>,
-        pooled: bool,
+        pooled: Option<Instant>,
     ) -> Result<(Response<Incoming>, Lease), Failure> {
-        let mut sender = match pooled.then(|| self.checkout(key)).flatten() {
+        let mut sender = match pooled.and_then(|now| self.checkout(key, now)) {
             Some(sender) => sender,
             // Boxed: connecting is rare on a busy pool, and its future
             // would size every request's.
@@ -300,8 +305,8 @@ impl Pool {
     }
 
     /// The newest idle connection to `key` that is still open.
-    fn checkout(&self, key: &Key) -> Option<Sender> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).take(key)
+    fn checkout(&self, key: &Key, now: Instant) -> Option<Sender> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).take(key, now)
     }
 
     /// A new connection, or under a cap the first one that is free or may
@@ -317,7 +322,7 @@ impl Pool {
             notified.as_mut().enable();
             {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(sender) = idle.take(key) {
+                if let Some(sender) = idle.take(key, Instant::now()) {
                     return Ok(sender);
                 }
                 let open = idle.open.entry(key.clone()).or_default();
