@@ -84,7 +84,7 @@ if [ "$PROXY" != "$PLAIN" ]; then
   PLAIN_PID=$PROXY_PID
 fi
 sleep 1
-IDLE_RSS=$(rss_kb "$PROXY_PID")
+IDLE_RSS=$(rss_kb "$MAIN_PID")
 
 # Streaming and WebSockets: examples/bench_app as the sandbox app, behind
 # nginx (nginx-apps.conf) and a second proxy whose runner is that app.
