@@ -13,6 +13,8 @@ mod own_routes;
 mod state;
 pub mod warning_page;
 
+use std::future::Future;
+
 use bytes::Bytes;
 use http::header::{SET_COOKIE, UPGRADE};
 use http::request::Parts;
@@ -47,97 +49,118 @@ enum Filtered {
 
 impl Proxy {
     /// Answers one request. Never fails: errors become negotiated pages.
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: &Peer) -> Response<Logged> {
+    ///
+    /// Not an `async fn`, nor is [`Proxy::phases`]: an `async fn` keeps its
+    /// arguments twice in its future (as passed and as moved into its body,
+    /// 264 bytes each for a request) and copies one into the other when
+    /// first polled; an `async` block keeps what it takes once.
+    pub fn handle<'a>(
+        &'a self,
+        mut req: Request<Incoming>,
+        peer: &'a Peer,
+    ) -> impl Future<Output = Response<Logged>> + Send + 'a {
         let mut ctx = RequestCtx::new(&mut req, peer, self.shared.proto, self.shared.access_log);
-        let span = tracing::info_span!("request", id = %ctx.request_id.to_str().unwrap_or("-"));
-        // A disabled span is not worth wrapping the phases in (it moves
-        // their future once more). Their future is made where it is
-        // awaited, never bound to a local first: a future moved into
-        // `.await` keeps its first place in the request's future too, which
-        // doubled the request's future (39 KB, not 20).
-        let result = match span.is_disabled() {
-            true => self.phases(req, &mut ctx).await,
-            false => self.phases(req, &mut ctx).instrument(span.clone()).await,
-        };
-        let untraced = span.is_disabled();
-        let mut resp = span.in_scope(|| result.unwrap_or_else(|err| self.error_page(err, &mut ctx, untraced)));
-        ctx.cors.apply(resp.headers_mut());
-        // Unique to this answer: HTTP/2's header table must not keep it
-        // (HPACK never indexes a sensitive value), or each answer would
-        // push out the entries that do repeat, and be compared with every
-        // id before it.
-        let mut id = ctx.request_id.clone();
-        id.set_sensitive(true);
-        resp.headers_mut().insert(X_REQUEST_ID, id);
-        // 7. Log.
-        self.log(&ctx, resp)
+        async move {
+            let span = tracing::info_span!("request", id = %ctx.request_id.to_str().unwrap_or("-"));
+            // A disabled span is not worth wrapping the phases in (it moves
+            // their future once more). Their future is made where it is
+            // awaited, never bound to a local first: a future moved into
+            // `.await` keeps its first place in the request's future too, which
+            // doubled the request's future (39 KB, not 20).
+            let result = match span.is_disabled() {
+                true => self.phases(req, &mut ctx).await,
+                false => self.phases(req, &mut ctx).instrument(span.clone()).await,
+            };
+            let untraced = span.is_disabled();
+            let mut resp = span.in_scope(|| result.unwrap_or_else(|err| self.error_page(err, &mut ctx, untraced)));
+            ctx.cors.apply(resp.headers_mut());
+            // Unique to this answer: HTTP/2's header table must not keep it
+            // (HPACK never indexes a sensitive value), or each answer would
+            // push out the entries that do repeat, and be compared with every
+            // id before it.
+            let mut id = ctx.request_id.clone();
+            id.set_sensitive(true);
+            resp.headers_mut().insert(X_REQUEST_ID, id);
+            // 7. Log.
+            self.log(&ctx, resp)
+        }
     }
 
     /// The phases of a request the proxy answers itself or forwards.
-    async fn phases(&self, req: Request<Incoming>, ctx: &mut RequestCtx) -> Result<Response<Body>, ProxyError> {
-        // 1. Request filter: preflights, the proxy's own routes, the warning page.
-        // The request stays here (it is large: moving it in and out of
-        // the filter copied it four times).
-        let dest = match self.request_filter(&req, ctx).await? {
-            Filtered::Answer(resp) => return Ok(resp),
-            Filtered::Forward(dest) => dest,
-        };
-        // 2. Authenticate (credentials leave the request either way).
-        let (mut parts, body) = req.into_parts();
-        let (auth, prefetched) = self.authenticate_and_prefetch(&mut parts, &dest, ctx).await;
-        let sandbox_id = match auth {
-            Err(ProxyError::Unauthorized(denied)) if self.wants_login(&parts, &dest, is_upgrade(&parts.headers)) => {
-                match Box::pin(self.login_redirect(&parts, &dest, ctx)).await? {
-                    Some(redirect) => return Ok(redirect),
-                    None => return Err(ProxyError::Unauthorized(denied)),
-                }
-            }
-            result => result?,
-        };
-        // 3. Resolve the target: the runner or app that hosts the sandbox.
-        let target = match prefetched {
-            Some(target) => target?,
-            None => self.shared.control_plane.target(&sandbox_id).await?,
-        };
-        if let Some(limit) = &self.shared.sandbox_limit {
-            let Some(permit) = limit.acquire(&sandbox_id) else {
-                self.shared.metrics.local().limited();
-                return Err(ProxyError::TooManyConnections);
+    #[allow(clippy::manual_async_fn, reason = "an async fn holds its arguments twice")]
+    fn phases<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        ctx: &'a mut RequestCtx,
+    ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'a {
+        async move {
+            // 1. Request filter: preflights, the proxy's own routes, the warning page.
+            // The request stays here (it is large: moving it in and out of
+            // the filter copied it four times).
+            let dest = match self.request_filter(&req, ctx).await? {
+                Filtered::Answer(resp) => return Ok(resp),
+                Filtered::Forward(dest) => dest,
             };
-            ctx.permit = Some(permit);
-        }
-        // 4. Upstream request filter: URI and headers as the upstream must see them.
-        self.upstream_request_filter(&mut parts, &dest, &sandbox_id, &target, ctx)?;
-        // 5. Send, and wait for the response head.
-        let direct = matches!(target, Target::Direct(_));
-        // Most requests have no body: nothing to watch or count (and the
-        // request moves as a smaller value).
-        let body = match hyper::body::Body::is_end_stream(&body) {
-            true => Either::Right(Empty::new()),
-            false => {
-                let (limit, counts) = (self.shared.config.request_body_timeout, self.shared.metrics.local().clone());
-                Either::Left(Box::new(ClientBody::new(body, limit, ctx.bytes_in.clone(), counts)))
+            // 2. Authenticate (credentials leave the request either way).
+            let (mut parts, body) = req.into_parts();
+            let (auth, prefetched) = self.authenticate_and_prefetch(&mut parts, &dest, ctx).await;
+            let sandbox_id = match auth {
+                Err(ProxyError::Unauthorized(denied))
+                    if self.wants_login(&parts, &dest, is_upgrade(&parts.headers)) =>
+                {
+                    match Box::pin(self.login_redirect(&parts, &dest, ctx)).await? {
+                        Some(redirect) => return Ok(redirect),
+                        None => return Err(ProxyError::Unauthorized(denied)),
+                    }
+                }
+                result => result?,
+            };
+            // 3. Resolve the target: the runner or app that hosts the sandbox.
+            let target = match prefetched {
+                Some(target) => target?,
+                None => self.shared.control_plane.target(&sandbox_id).await?,
+            };
+            if let Some(limit) = &self.shared.sandbox_limit {
+                let Some(permit) = limit.acquire(&sandbox_id) else {
+                    self.shared.metrics.local().limited();
+                    return Err(ProxyError::TooManyConnections);
+                };
+                ctx.permit = Some(permit);
             }
-        };
-        let key = self.pool.address(&mut parts.uri, dest.port(), direct)?;
-        let timeout = self.shared.config.upstream_timeout;
-        let sent = std::time::Instant::now();
-        let req = Request::from_parts(parts, body); // put together only here: each move copies it
-        let (resp, lease, replay) = self.pool.send(key, req, sent, timeout, dest.port(), direct).await?;
-        let upstream = sent.elapsed();
-        self.shared.metrics.local().upstream_headers(upstream);
-        ctx.upstream = Some(upstream);
-        // 6. Response filter: waking, cookies, Location, the upgrade.
-        let answer = self.response_filter((resp, lease), &dest, &sandbox_id, direct, replay.as_ref(), ctx).await;
-        // A sandbox coming up: clients other than browsers are held
-        // until it is up, then the request goes again (SPEC 5). (Not a
-        // match on the pair: that copies both, the replay copy too.)
-        let starting = matches!(answer, Err(ProxyError::SandboxStarting(_)));
-        match replay {
-            Some(replay) if starting && self.may_hold(&replay) => {
-                Box::pin(self.hold_and_resend(replay, &dest, &sandbox_id, direct, ctx)).await
+            // 4. Upstream request filter: URI and headers as the upstream must see them.
+            self.upstream_request_filter(&mut parts, &dest, &sandbox_id, &target, ctx)?;
+            // 5. Send, and wait for the response head.
+            let direct = matches!(target, Target::Direct(_));
+            // Most requests have no body: nothing to watch or count (and the
+            // request moves as a smaller value).
+            let body = match hyper::body::Body::is_end_stream(&body) {
+                true => Either::Right(Empty::new()),
+                false => {
+                    let (limit, counts) =
+                        (self.shared.config.request_body_timeout, self.shared.metrics.local().clone());
+                    Either::Left(Box::new(ClientBody::new(body, limit, ctx.bytes_in.clone(), counts)))
+                }
+            };
+            let key = self.pool.address(&mut parts.uri, dest.port(), direct)?;
+            let timeout = self.shared.config.upstream_timeout;
+            let sent = std::time::Instant::now();
+            let req = Request::from_parts(parts, body); // put together only here: each move copies it
+            let (resp, lease, replay) = self.pool.send(key, req, sent, timeout, dest.port(), direct).await?;
+            let upstream = sent.elapsed();
+            self.shared.metrics.local().upstream_headers(upstream);
+            ctx.upstream = Some(upstream);
+            // 6. Response filter: waking, cookies, Location, the upgrade.
+            let answer = self.response_filter((resp, lease), &dest, &sandbox_id, direct, replay.as_ref(), ctx).await;
+            // A sandbox coming up: clients other than browsers are held
+            // until it is up, then the request goes again (SPEC 5). (Not a
+            // match on the pair: that copies both, the replay copy too.)
+            let starting = matches!(answer, Err(ProxyError::SandboxStarting(_)));
+            match replay {
+                Some(replay) if starting && self.may_hold(&replay) => {
+                    Box::pin(self.hold_and_resend(replay, &dest, &sandbox_id, direct, ctx)).await
+                }
+                _ => answer,
             }
-            _ => answer,
         }
     }
 

@@ -154,6 +154,15 @@ fn service(
 /// future on the stack and copies all of it (4 KB, its largest state, for
 /// a request's) into the box.
 fn boxed_in_place<F>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    // A request's future is 4,080 bytes: jemalloc serves up to 4 KiB from
+    // its fast path, and anything larger from a slower one and a 5 KiB
+    // size class (BENCHMARKS.md, sixteenth round). A rare path that grows
+    // it past that belongs in a box of its own where it is awaited.
+    debug_assert!(
+        std::mem::size_of::<F>() <= 4096,
+        "a request's future grew to {} bytes (4,096 at most): box the rare path that grew it",
+        std::mem::size_of::<F>()
+    );
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 

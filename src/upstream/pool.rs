@@ -235,7 +235,12 @@ impl Pool {
     /// back as a copy (the one made for a stale connection's retry, so it
     /// costs nothing more), to send again once a sandbox is woken up.
     /// `sent`: the caller's clock reading as it sends (one reading fewer).
-    pub async fn send(
+    ///
+    /// Not an `async fn`, nor is `send_once`: an `async fn` keeps the
+    /// request twice in its future (as passed, and moved into its body) and
+    /// copies it from one to the other when first polled.
+    #[allow(clippy::manual_async_fn, reason = "an async fn holds its arguments twice")]
+    pub fn send(
         &self,
         key: Key,
         req: Request<RequestBody>,
@@ -243,37 +248,39 @@ impl Pool {
         timeout: Duration,
         port: Port,
         direct: bool,
-    ) -> Result<(Response<Incoming>, Lease, Option<Outgoing>), ProxyError> {
-        let deadline = tokio::time::Instant::from_std(sent) + timeout;
-        let mut timer = self.timers.until(deadline);
-        let answered = {
-            // Pinned where it is made: polled by reference, never moved
-            // (a future bound to a local first was copied into place, 1.3 KB).
-            let mut attempt = std::pin::pin!(async {
-                let mut replay = replayable(&req).then(|| copy_head(&req));
-                let (again, error) = match self.send_once(&key, req, Some(sent)).await {
-                    Ok((resp, lease)) => return Ok((resp, lease, replay)),
-                    Err(Failure::Request { unsent: Some(req), error, .. }) => (*req, error),
-                    Err(Failure::Request { error, unsent: None }) if is_stale(&error) => match replay.take() {
-                        Some(copy) => (copy, error),
-                        None => return Err(Failure::Request { error, unsent: None }),
-                    },
-                    Err(failure) => return Err(failure),
-                };
-                tracing::debug!(%error, "stale upstream connection; retrying once");
-                let (resp, lease) = self.send_once(&key, again, None).await?;
-                Ok((resp, lease, None))
-            });
-            std::future::poll_fn(|cx| match attempt.as_mut().poll(cx) {
-                Poll::Ready(answered) => Poll::Ready(answered),
-                Poll::Pending => timers::poll_until(&mut timer, deadline, cx).map(|()| Err(Failure::TimedOut)),
-            })
-            .await
-        };
-        self.timers.give_back(timer);
-        match answered {
-            Ok((resp, lease, replay)) => Ok((resp, lease, replay.map(|req| Outgoing { key, req }))),
-            Err(failure) => Err(classify(failure, port, direct)),
+    ) -> impl Future<Output = Result<(Response<Incoming>, Lease, Option<Outgoing>), ProxyError>> + Send + '_ {
+        async move {
+            let deadline = tokio::time::Instant::from_std(sent) + timeout;
+            let mut timer = self.timers.until(deadline);
+            let answered = {
+                // Pinned where it is made: polled by reference, never moved
+                // (a future bound to a local first was copied into place, 1.3 KB).
+                let mut attempt = std::pin::pin!(async {
+                    let mut replay = replayable(&req).then(|| copy_head(&req));
+                    let (again, error) = match self.send_once(&key, req, Some(sent)).await {
+                        Ok((resp, lease)) => return Ok((resp, lease, replay)),
+                        Err(Failure::Request { unsent: Some(req), error, .. }) => (*req, error),
+                        Err(Failure::Request { error, unsent: None }) if is_stale(&error) => match replay.take() {
+                            Some(copy) => (copy, error),
+                            None => return Err(Failure::Request { error, unsent: None }),
+                        },
+                        Err(failure) => return Err(failure),
+                    };
+                    tracing::debug!(%error, "stale upstream connection; retrying once");
+                    let (resp, lease) = self.send_once(&key, again, None).await?;
+                    Ok((resp, lease, None))
+                });
+                std::future::poll_fn(|cx| match attempt.as_mut().poll(cx) {
+                    Poll::Ready(answered) => Poll::Ready(answered),
+                    Poll::Pending => timers::poll_until(&mut timer, deadline, cx).map(|()| Err(Failure::TimedOut)),
+                })
+                .await
+            };
+            self.timers.give_back(timer);
+            match answered {
+                Ok((resp, lease, replay)) => Ok((resp, lease, replay.map(|req| Outgoing { key, req }))),
+                Err(failure) => Err(classify(failure, port, direct)),
+            }
         }
     }
 
@@ -281,26 +288,29 @@ impl Pool {
     /// `key`), so a request handed back unsent can go again as it is.
     /// `pooled`: an idle connection may carry it (the clock reading as it
     /// is sent); otherwise a new one does.
-    async fn send_once(
-        &self,
-        key: &Key,
+    #[allow(clippy::manual_async_fn, reason = "an async fn holds its arguments twice")]
+    fn send_once<'a>(
+        &'a self,
+        key: &'a Key,
         req: Request<RequestBody>,
         pooled: Option<Instant>,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
-        let mut sender = match pooled.and_then(|now| self.checkout(key, now)) {
-            Some(sender) => sender,
-            // Boxed: connecting is rare on a busy pool, and its future
-            // would size every request's.
-            None => Box::pin(self.new_connection(key)).await?,
-        };
-        // A connection that closed meanwhile hands the request back unsent.
-        ready(&mut sender).await;
-        match sender.try_send_request(req).await {
-            Ok(resp) => {
-                let freed = (self.cap > 0).then(|| self.freed.clone());
-                Ok((resp, Lease { sender, key: key.clone(), idle: self.idle.clone(), freed }))
+    ) -> impl Future<Output = Result<(Response<Incoming>, Lease), Failure>> + Send + 'a {
+        async move {
+            let mut sender = match pooled.and_then(|now| self.checkout(key, now)) {
+                Some(sender) => sender,
+                // Boxed: connecting is rare on a busy pool, and its future
+                // would size every request's.
+                None => Box::pin(self.new_connection(key)).await?,
+            };
+            // A connection that closed meanwhile hands the request back unsent.
+            ready(&mut sender).await;
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let freed = (self.cap > 0).then(|| self.freed.clone());
+                    Ok((resp, Lease { sender, key: key.clone(), idle: self.idle.clone(), freed }))
+                }
+                Err(mut e) => Err(Failure::Request { unsent: e.take_message().map(Box::new), error: e.into_error() }),
             }
-            Err(mut e) => Err(Failure::Request { unsent: e.take_message().map(Box::new), error: e.into_error() }),
         }
     }
 
