@@ -50,7 +50,7 @@ enum Filtered {
 impl Proxy {
     /// Answers one request. Never fails: errors become negotiated pages.
     ///
-    /// Not an `async fn`, nor is [`Proxy::phases`]: an `async fn` keeps its
+    /// Not an `async fn`, nor is `phases`: an `async fn` keeps its
     /// arguments twice in its future (as passed and as moved into its body,
     /// 264 bytes each for a request) and copies one into the other when
     /// first polled; an `async` block keeps what it takes once.
