@@ -236,9 +236,8 @@ impl Pool {
     /// costs nothing more), to send again once a sandbox is woken up.
     /// `sent`: the caller's clock reading as it sends (one reading fewer).
     ///
-    /// Not an `async fn`, nor is `send_once`: an `async fn` keeps the
-    /// request twice in its future (as passed, and moved into its body) and
-    /// copies it from one to the other when first polled.
+    /// Not an `async fn`, nor is `send_once`, for the reason `Proxy::handle`
+    /// gives: the request would be held, and copied, twice.
     #[allow(clippy::manual_async_fn, reason = "an async fn holds its arguments twice")]
     pub fn send(
         &self,
