@@ -2,7 +2,7 @@
 # Benchmarks preview-proxy against nginx, HAProxy, Caddy and no proxy, in one
 # run with the peers interleaved (A B C A B C ...). See BENCHMARKS.md.
 #
-#   bench/run.sh          quick: 3 rounds of 3 s (about 20 minutes, the PGO build included)
+#   bench/run.sh          quick: 3 rounds of 3 s (about 22 minutes, the PGO build included)
 #   bench/run.sh full     the record: 5 rounds of 10 s
 #   PGO=0 bench/run.sh    the plain release build alone
 set -euo pipefail
@@ -50,7 +50,7 @@ cargo build --release --quiet --bin preview-proxy
 cargo build --release --quiet --example mock_api --example storm --example bench_app --example bench_client
 BIN=$ROOT/target/release
 # The proxy measured is the build the README gives operators, made with
-# profile-guided optimisation (scripts/build-pgo); the plain `cargo build
+# profile-guided optimisation and BOLT (scripts/build-pgo); the plain `cargo build
 # --release` binary runs beside it in scenarios 1 and 12. `PGO=0` measures
 # the plain binary alone.
 PLAIN=$BIN/preview-proxy
