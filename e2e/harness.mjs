@@ -56,14 +56,27 @@ export async function startApp(html) {
     res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
     res.end(html);
   });
-  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  await listenApp(server);
   return { port: server.address().port, close: () => server.close() };
+}
+
+/** The proxy's reserved ports (SPEC 2): they always need credentials. */
+const RESERVED_PORTS = [22222, 2280, 2281, 33333];
+
+/** Listens on 127.0.0.1 at a port that can stand in a preview host: the OS
+ * may pick a reserved one (33333 is inside Linux's ephemeral range). */
+export async function listenApp(server) {
+  for (;;) {
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    if (!RESERVED_PORTS.includes(server.address().port)) return;
+    await new Promise((r) => server.close(r));
+  }
 }
 
 /** A TCP port nothing listens on. */
 export async function freePort() {
   const s = net.createServer();
-  await new Promise((r) => s.listen(0, '127.0.0.1', r));
+  await listenApp(s);
   const { port } = s.address();
   await new Promise((r) => s.close(r));
   return port;

@@ -16,7 +16,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A proxy whose registry has sandbox `sbx` on a runner (the given app) and
 /// `demo` direct to 127.0.0.1.
@@ -212,7 +212,7 @@ async fn bodies_stream_both_ways_64_mib() {
 /// same connection, reads the next request and closes without answering:
 /// a pooled connection that went stale under the proxy's feet.
 async fn stale_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = app_listener().await;
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
@@ -287,7 +287,7 @@ async fn stale_pooled_connection_is_retried_only_when_safe() {
 /// on a new connection, with its target intact.
 #[tokio::test]
 async fn a_connection_closed_at_accept_costs_no_request() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = app_listener().await;
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -362,9 +362,7 @@ async fn upstream_errors_are_clear_and_never_empty() {
     let (proxy, _dir) = proxy_with_runner(&runner).await;
 
     // Nothing listens on the port (direct mode).
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = closed_app_port().await;
     let a = get(&proxy, &format!("{port}-demo.preview.localhost"), "/").await;
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["code"], "PORT_NOT_LISTENING");
@@ -440,7 +438,7 @@ async fn a_kept_upstream_timer_waits_its_full_time_again() {
 
 /// An app that sends headers and part of the body, then drops the connection.
 async fn truncating_app(head: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = app_listener().await;
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
@@ -517,7 +515,7 @@ async fn server_sent_events_arrive_as_written() {
 
 #[tokio::test]
 async fn websocket_is_tunnelled() {
-    let ws_app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_app = app_listener().await;
     let port = ws_app.local_addr().unwrap().port();
     let protocols = Arc::new(Mutex::new(None));
     let p = protocols.clone();

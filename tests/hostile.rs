@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A proxy with public sandbox `demo` served straight from 127.0.0.1.
 async fn proxy(adjust: impl FnOnce(&mut preview_proxy::config::Config)) -> (TestProxy, tempfile::TempDir) {
@@ -46,7 +46,7 @@ async fn raw(proxy: &TestProxy, request: &str) -> String {
 /// comes (the count is in the returned counter). It never looks at frames:
 /// the proxy only moves bytes.
 async fn full_duplex_app(send: usize) -> (u16, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = app_listener().await;
     let port = listener.local_addr().unwrap().port();
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
@@ -356,7 +356,7 @@ async fn a_stalled_upload_gets_408() {
 /// An app on a raw socket: reads a request head, writes `answer`, then
 /// holds the connection open for `hold` and closes it. Returns its port.
 async fn raw_app(answer: &'static [u8], hold: Duration) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = app_listener().await;
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
@@ -387,7 +387,7 @@ async fn a_stalled_download_is_aborted_never_ended_cleanly() {
 /// An app that answers a download that never ends; the flag turns true
 /// once its writes fail (the proxy let its connection go). Returns its port.
 async fn endless_download_app() -> (u16, Arc<AtomicBool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = app_listener().await;
     let port = listener.local_addr().unwrap().port();
     let failed = Arc::new(AtomicBool::new(false));
     let flag = failed.clone();

@@ -25,7 +25,7 @@ const DEMO: &str = "[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"12
 /// A WebSocket app that echoes, closes with 4002 "done" when told
 /// `close-me`, and records the close frame it receives.
 async fn ws_app() -> (u16, Arc<Mutex<Option<(u16, String)>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = app_listener().await;
     let port = listener.local_addr().unwrap().port();
     let closed = Arc::new(Mutex::new(None));
     let c = closed.clone();

@@ -4,7 +4,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { startProxy, startProvider, signIn, launchBrowser, curl, freePort, ARTIFACTS } from '../harness.mjs';
+import { startProxy, startProvider, signIn, launchBrowser, curl, freePort, listenApp, ARTIFACTS } from '../harness.mjs';
 import { join } from 'node:path';
 
 // The app shows who the proxy says signed in.
@@ -13,7 +13,7 @@ const app = http.createServer((req, res) => {
   res.end(`<!doctype html><title>private app</title><p id="path">${req.url}</p>` +
     `<p id="email">${req.headers['x-forwarded-email'] ?? 'none'}</p><p id="user">${req.headers['x-forwarded-user'] ?? 'none'}</p>`);
 });
-await new Promise((r) => app.listen(0, '127.0.0.1', r));
+await listenApp(app);
 const appPort = app.address().port;
 
 const providerPort = await freePort();

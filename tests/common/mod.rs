@@ -20,6 +20,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use preview_proxy::config::Config;
+use preview_proxy::http::host::RESERVED_PORTS;
 use preview_proxy::pipeline::access_log::Lines;
 use preview_proxy::server::Server;
 use sha2::{Digest, Sha256};
@@ -48,13 +49,34 @@ where
     serve_counted(handler).await.0
 }
 
+/// A listener on 127.0.0.1:0 whose port may stand in a preview host. The
+/// OS can hand out a reserved port (33333 is inside Linux's ephemeral
+/// range), which always needs credentials: a public sandbox's 200 would be
+/// a 401 about once in 7,000 binds.
+pub async fn app_listener() -> TcpListener {
+    let mut held = Vec::new();
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        match RESERVED_PORTS.contains(&listener.local_addr().unwrap().port()) {
+            // Kept open until we return, so the next bind gets another port.
+            true => held.push(listener),
+            false => return listener,
+        }
+    }
+}
+
+/// A port nothing listens on, usable in a preview host.
+pub async fn closed_app_port() -> u16 {
+    app_listener().await.local_addr().unwrap().port()
+}
+
 /// [`serve`], also counting the connections accepted.
 pub async fn serve_counted<F, Fut>(handler: F) -> (SocketAddr, Arc<AtomicUsize>)
 where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = app_listener().await;
     let addr = listener.local_addr().unwrap();
     let handler = Arc::new(handler);
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -554,7 +576,7 @@ where
 /// A WebSocket echo app on 127.0.0.1:0 (any path); returns its address.
 pub async fn ws_echo() -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = app_listener().await;
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
