@@ -16,7 +16,7 @@ use crate::control_plane::{unix_now, ControlPlane, LookupError, Prefetch, Target
 use crate::error::{AuthMethod, Denied, Outcome, ProxyError};
 use crate::http::escape::percent_decode;
 use crate::http::host::{self, Port};
-use crate::http::X_FORWARDED_FOR;
+use crate::http::{Present, X_FORWARDED_FOR};
 
 /// Query parameter carrying the preview token (browsers cannot set headers
 /// on `new WebSocket()` or iframes).
@@ -38,17 +38,21 @@ impl Credentials {
     /// Takes the proxy's credentials out of the request: the query
     /// parameter (the rest of the query kept byte for byte) and the proxy's
     /// own cookies. `preview_token`: the `X-Daytona-Preview-Token` header,
-    /// already taken out with the other control headers. Returns the new
-    /// path and query when it changed.
+    /// already taken out with the other control headers. `present`: the
+    /// request's headers, scanned once. Returns the new path and query when
+    /// it changed.
     pub fn take(
         headers: &mut http::HeaderMap,
+        present: Present,
         preview_token: Option<HeaderValue>,
         path_and_query: &str,
         key: &str,
     ) -> (Credentials, Option<String>) {
         let mut creds = Credentials {
-            bearer: headers
-                .get(AUTHORIZATION)
+            bearer: present
+                .has(Present::AUTHORIZATION)
+                .then(|| headers.get(AUTHORIZATION))
+                .flatten()
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                 .map(|t| t.trim().to_string())
@@ -60,7 +64,9 @@ impl Credentials {
         };
         // Most requests carry cookies, few carry the proxy's: look before
         // allocating anything.
-        if headers.get_all(COOKIE).iter().any(|v| v.to_str().is_ok_and(auth_cookie::has_proxy_cookie)) {
+        if present.has(Present::COOKIE)
+            && headers.get_all(COOKIE).iter().any(|v| v.to_str().is_ok_and(auth_cookie::has_proxy_cookie))
+        {
             creds.cookie =
                 auth_cookie::find(headers.get_all(COOKIE).iter(), &auth_cookie::cookie_name(key)).map(str::to_string);
             strip_cookies(headers);
@@ -272,7 +278,8 @@ impl Proxy {
             ctx.key = Some(key.to_string());
         }
         let original = dest.path_and_query(&parts.uri);
-        let (mut creds, stripped) = Credentials::take(&mut parts.headers, ctx.preview_token.take(), original, key);
+        let (mut creds, stripped) =
+            Credentials::take(&mut parts.headers, ctx.present, ctx.preview_token.take(), original, key);
         if let Some(pq) = stripped {
             ctx.path_and_query = Some(pq);
         }
@@ -402,8 +409,10 @@ mod tests {
             HeaderValue::from_static("app=1; daytona-sandbox-auth-sbx=signed; daytona-preview-page-accepted=true"),
         );
         h.append(COOKIE, HeaderValue::from_static("daytona-sandbox-auth-other=x"));
+        let present = Present::scan(&h);
         let (c, target) = Credentials::take(
             &mut h,
+            present,
             Some(HeaderValue::from_static(" tok ")),
             "/p?x=1&DAYTONA_SANDBOX_AUTH_KEY=q",
             "sbx",

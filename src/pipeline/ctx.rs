@@ -14,7 +14,7 @@ use hyper::upgrade::OnUpgrade;
 use super::cors::Cors;
 use crate::error::{wants_html, AuthMethod};
 use crate::http::host::{Port, PreviewHost};
-use crate::http::{is_websocket_upgrade, X_REQUEST_ID};
+use crate::http::{is_websocket_upgrade, Present, X_REQUEST_ID};
 use crate::http::{X_DAYTONA_DISABLE_CORS, X_DAYTONA_PREVIEW_TOKEN, X_DAYTONA_SKIP_LAST_ACTIVITY_UPDATE};
 use crate::upstream::limit::Permit;
 use crate::upstream::rewrite::Route;
@@ -63,6 +63,8 @@ pub struct RequestCtx {
     /// The peer is a trusted front proxy.
     pub trusted: bool,
     pub method: Method,
+    /// Which of the headers read on every request it carried.
+    pub present: Present,
     /// The client accepts HTML: the proxy's errors become pages.
     pub html: bool,
     pub cors: Cors,
@@ -131,11 +133,19 @@ impl RequestCtx {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
             None => host_header.cloned(),
         };
+        let present = Present::scan(req.headers());
         // Only WebSocket upgrades are tunnelled: any other `Upgrade` (h2c)
         // is dropped with the hop-by-hop headers and served as plain HTTP.
-        let client_upgrade = is_websocket_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut *req));
-        let control = Control::take(req.headers_mut());
-        let cors = Cors::new(req.headers(), scheme, host.as_ref(), control.disable_cors);
+        let client_upgrade = (present.has(Present::UPGRADE) && is_websocket_upgrade(req.headers()))
+            .then(|| hyper::upgrade::on(&mut *req));
+        let control = match present.has(Present::X_DAYTONA) {
+            true => Control::take(req.headers_mut()),
+            false => Control::default(),
+        };
+        let cors = match present.has(Present::ORIGIN) {
+            true => Cors::new(req.headers(), scheme, host.as_ref(), control.disable_cors),
+            false => Cors::Off,
+        };
         // Looked up only where it may be kept: an untrusted client's id is
         // replaced, which `insert` does without a look first.
         let sent = match trusted {
@@ -157,7 +167,8 @@ impl RequestCtx {
             peer_value: peer.ip_value.clone(),
             trusted,
             method: req.method().clone(),
-            html: wants_html(req.headers()),
+            present,
+            html: present.has(Present::ACCEPT) && wants_html(req.headers()),
             cors,
             host,
             bad_host,
@@ -192,12 +203,9 @@ struct Control {
 }
 
 impl Control {
+    /// Called only for a request with an `X-Daytona-*` header: most carry
+    /// none, and three long names cost more to hash than to look for.
     fn take(headers: &mut HeaderMap) -> Control {
-        // Most requests carry none: one pass over the names costs less than
-        // hashing three long names to look each up (callgrind).
-        if !headers.keys().any(|name| name.as_str().starts_with("x-daytona-")) {
-            return Control::default();
-        }
         let is_true = |v: Option<HeaderValue>| v.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         Control {
             disable_cors: is_true(headers.remove(X_DAYTONA_DISABLE_CORS)),

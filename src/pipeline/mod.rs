@@ -26,7 +26,7 @@ use crate::config::UpstreamHost;
 use crate::control_plane::Target;
 use crate::error::ProxyError;
 use crate::http::host::{self, Port};
-use crate::http::{is_upgrade, is_websocket_upgrade, remove_hop_by_hop, X_REQUEST_ID};
+use crate::http::{is_upgrade, remove_hop_by_hop, Present, X_REQUEST_ID};
 use crate::http::{X_FORWARDED_EMAIL, X_FORWARDED_USER};
 use crate::upstream::body::{is_streaming, UpstreamBody};
 use crate::upstream::limit::Holds;
@@ -215,7 +215,7 @@ impl Proxy {
             return Err(ProxyError::NoRoute);
         }
         if let Some(page) = &self.shared.warning {
-            let upgrade = is_websocket_upgrade(req.headers());
+            let upgrade = ctx.client_upgrade.is_some();
             if warning_page::should_warn(req.method(), req.headers(), preview.port(), upgrade) {
                 let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
                 let url = format!("{}://{host}{pq}", self.shared.proto);
@@ -245,6 +245,7 @@ impl Proxy {
             host: ctx.host.clone().unwrap_or(http::HeaderValue::from_static("")),
             proto: self.shared.proto,
             host_header: self.shared.config.upstream_host_header,
+            cookie: ctx.present.has(Present::COOKIE),
         };
         let upgrade = ctx.client_upgrade.is_some().then(|| parts.headers.get(UPGRADE).cloned()).flatten();
         rewrite::prepare_request_headers(&mut parts.headers, &down, target, upgrade);

@@ -122,6 +122,8 @@ pub struct Downstream {
     pub proto: &'static str,
     /// The `Host` the app sees (`UPSTREAM_HOST_HEADER`).
     pub host_header: UpstreamHost,
+    /// The client sent a `Cookie` header (else there are none to join).
+    pub cookie: bool,
 }
 
 /// Rewrites request headers for the upstream. Headers the proxy injects
@@ -143,7 +145,9 @@ pub fn prepare_request_headers(
         // Set from the upstream URI by the caller (the upstream request filter).
         (UpstreamHost::Upstream, Target::Direct(_)) => headers.remove(header::HOST),
     };
-    join_cookies(headers);
+    if down.cookie {
+        join_cookies(headers);
+    }
 
     // One lookup for the usual case, a client that sent none.
     match headers.entry(X_FORWARDED_FOR) {
@@ -302,6 +306,7 @@ mod tests {
             host: HeaderValue::from_static("3000-a.proxy.io"),
             proto: "https",
             host_header: UpstreamHost::Upstream,
+            cookie: true,
         };
         prepare_request_headers(&mut h, &down, &runner(), None);
         assert_eq!(h[header::HOST], "runner:3003");
@@ -351,6 +356,7 @@ mod tests {
             host: HeaderValue::from_static("h"),
             proto: "http",
             host_header: UpstreamHost::Upstream,
+            cookie: false,
         };
         prepare_request_headers(&mut h, &down, &runner(), Some(HeaderValue::from_static("websocket")));
         assert_eq!(h[header::CONNECTION], "upgrade");
