@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("file_watch", 0),
     ("metrics", 0),
     ("timers", 0),
+    ("clock", 0),
     ("config", 1),
     ("control_plane", 2),
     ("error", 3),

@@ -128,7 +128,7 @@ impl<V: Clone + Send + Sync + 'static> ReadThrough<V> {
         loop {
             let next = {
                 let mut shard = self.shard(key);
-                let now = Instant::now();
+                let now = crate::clock::now();
                 match shard.map.get_mut(key) {
                     Some(Slot::Ready { value, fresh_until, .. }) if now < *fresh_until => {
                         let value = value.clone();

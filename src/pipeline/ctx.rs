@@ -162,7 +162,7 @@ impl RequestCtx {
         };
         let logged = log && req.uri().path() != "/health";
         RequestCtx {
-            started: Instant::now(),
+            started: crate::clock::now(),
             peer: peer.addr,
             peer_value: peer.ip_value.clone(),
             trusted,

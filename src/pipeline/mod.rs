@@ -22,6 +22,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 
+use crate::clock;
 use crate::config::UpstreamHost;
 use crate::control_plane::Target;
 use crate::error::ProxyError;
@@ -143,10 +144,10 @@ impl Proxy {
             };
             let key = self.pool.address(&mut parts.uri, dest.port(), direct)?;
             let timeout = self.shared.config.upstream_timeout;
-            let sent = std::time::Instant::now();
+            let sent = clock::now();
             let req = Request::from_parts(parts, body); // put together only here: each move copies it
             let (resp, lease, replay) = self.pool.send(key, req, sent, timeout, dest.port(), direct).await?;
-            let upstream = sent.elapsed();
+            let upstream = clock::elapsed(sent);
             self.shared.metrics.local().upstream_headers(upstream);
             ctx.upstream = Some(upstream);
             // 6. Response filter: waking, cookies, Location, the upgrade.
@@ -411,7 +412,7 @@ impl Proxy {
     /// answer has been sent.
     fn log(&self, ctx: &RequestCtx, resp: Response<Body>) -> Response<Logged> {
         let counts = self.shared.metrics.local();
-        counts.response(resp.status(), ctx.started.elapsed());
+        counts.response(resp.status(), clock::elapsed(ctx.started));
         let record = ctx.logged.then(|| Box::new(self.record(ctx, resp.status())));
         resp.map(|body| Logged::new(body, record, counts.clone()))
     }

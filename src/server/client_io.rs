@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::clock::Turn;
 use crate::upstream::request_body::IdleLimit;
 
 /// What the connection's parts share: how many reads brought bytes (the
@@ -248,10 +249,11 @@ impl<F> hyper::rt::Executor<F> for StreamExecutor
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    /// Each poll of a stream's task is one turn of [`crate::clock::now`].
     fn execute(&self, stream: F) {
         match self.limit {
-            Some(limit) => tokio::spawn(Bounded { stream, watch: Arc::default(), limit, timer: None }),
-            None => tokio::spawn(stream),
+            Some(limit) => tokio::spawn(Turn::new(Bounded { stream, watch: Arc::default(), limit, timer: None })),
+            None => tokio::spawn(Turn::new(stream)),
         };
     }
 }

@@ -27,6 +27,7 @@ use super::client_io::{Clock, StreamExecutor, StreamWatch, Watched};
 use super::head_timer::{HeadTimer, Parking};
 use super::park::{Http1, Lot};
 use super::{OpenConnection, Server};
+use crate::clock::Turn;
 use crate::pipeline::access_log::Logged;
 use crate::pipeline::Peer;
 
@@ -185,7 +186,9 @@ fn serve_http1<I>(conn: Http1<I>) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    Box::pin(async move {
+    // Each poll is one turn of `clock::now`: a request's readings of the
+    // clock in it are one.
+    Box::pin(Turn::new(async move {
         let Http1 { io, server, peer, held, lot, parking } = conn;
         let clock = io.clock().clone();
         let config = server.config();
@@ -220,7 +223,7 @@ where
                 resume(conn);
             }
         }
-    })
+    }))
 }
 
 /// Runs a connection to its end; shuts it down gracefully when `closing`

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::time::Sleep;
 
 use super::client_io::Clock;
+use crate::clock;
 use crate::timers::{self, KeptTimers};
 
 /// How long an HTTP/1 connection idles between requests before it is
@@ -67,8 +68,13 @@ impl HeadTimer {
 }
 
 impl hyper::rt::Timer for HeadTimer {
+    /// hyper's reading as it starts to wait for a request head.
+    fn now(&self) -> Instant {
+        clock::now()
+    }
+
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(HeadSleep::new(self, Instant::now(), duration, false))
+        Box::pin(HeadSleep::new(self, clock::now(), duration, false))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -136,7 +142,7 @@ impl Future for HeadSleep {
         let this = self.get_mut();
         let reads = &this.shared.reads;
         if this.keep_alive && this.first_byte.is_none() && reads.reads() != this.reads_at_start {
-            this.first_byte = Some(Instant::now());
+            this.first_byte = Some(clock::now());
         }
         // Idle between requests, first until it is time to park.
         let parks = this.keep_alive && this.first_byte.is_none() && !this.park_asked && this.idle > this.park_after;

@@ -153,7 +153,7 @@ pub struct Lease {
 impl Lease {
     /// The response was read to its end: the connection can carry another.
     pub fn release(self) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.swept.is_none_or(|t| now.duration_since(t) > IDLE_TIMEOUT) {
             idle.swept = Some(now);
