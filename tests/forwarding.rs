@@ -362,7 +362,7 @@ async fn upstream_errors_are_clear_and_never_empty() {
     let (proxy, _dir) = proxy_with_runner(&runner).await;
 
     // Nothing listens on the port (direct mode).
-    let port = closed_app_port().await;
+    let port = app_listener().await.local_addr().unwrap().port(); // closed again at once
     let a = get(&proxy, &format!("{port}-demo.preview.localhost"), "/").await;
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["code"], "PORT_NOT_LISTENING");

@@ -65,11 +65,6 @@ pub async fn app_listener() -> TcpListener {
     }
 }
 
-/// A port nothing listens on, usable in a preview host.
-pub async fn closed_app_port() -> u16 {
-    app_listener().await.local_addr().unwrap().port()
-}
-
 /// [`serve`], also counting the connections accepted.
 pub async fn serve_counted<F, Fut>(handler: F) -> (SocketAddr, Arc<AtomicUsize>)
 where
