@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -354,6 +354,54 @@ async fn upstream_connections_are_reused_once_a_response_is_read() {
         assert_eq!(get(&proxy, host, "/c").await.status, 200);
     }
     assert_eq!(runner.connections(), 2);
+}
+
+/// A burst opens as many upstream connections as it has requests at once;
+/// a few seconds after it, the pool keeps a page's worth (8 per host and
+/// worker) and closes the rest, which would each hold about 42 KiB.
+#[tokio::test]
+async fn the_upstream_connections_a_burst_opened_are_closed_soon_after_it() {
+    const BURST: usize = 20;
+    let barrier = Arc::new(tokio::sync::Barrier::new(BURST));
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let (addr, accepted) = serve_counted(move |_req| {
+        let (barrier, arrived) = (barrier.clone(), arrived.clone());
+        async move {
+            // Every request of the burst is in flight before any is answered.
+            if arrived.fetch_add(1, Ordering::SeqCst) < BURST {
+                barrier.wait().await;
+            }
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let (mut config, _dir, _) =
+        registry_config("[[sandboxes]]\nid = \"demo\"\npublic = true\nupstream = \"127.0.0.1\"\n");
+    config.workers = 1;
+    let proxy = TestProxy::start(config).await;
+    let host = format!("{}-demo.preview.localhost", addr.port());
+    let answers = futures_util::future::join_all((0..BURST).map(|_| get(&proxy, &host, "/"))).await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    assert_eq!(accepted.load(Ordering::SeqCst), BURST);
+    let idle = || {
+        let text = proxy.proxy.proxy.shared.metrics.render(0);
+        let line = text.lines().find(|l| l.starts_with("preview_proxy_upstream_connections{state=\"idle\"} "));
+        line.expect("the gauge").rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+    };
+    assert_eq!(idle(), BURST as f64);
+
+    // Surplus connections wait 5 s, and the pool looks every 2.5 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while idle() > 8.0 {
+        assert!(Instant::now() < deadline, "still {} idle upstream connections", idle());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(idle(), 8.0, "a page's worth stays");
+    // And is used: the next requests open no connection.
+    for _ in 0..3 {
+        assert_eq!(get(&proxy, &host, "/").await.status, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), BURST);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 pub mod body;
 mod failure;
+mod idle;
 pub mod limit;
 pub mod pool;
 pub mod request_body;

@@ -1,29 +1,30 @@
 //! The upstream connection pool: HTTP/1.1 connections to runners and apps
-//! (TLS when a runner's `proxyUrl` is https), one pool per worker. Idle
-//! connections are reused newest first; a connection goes back to the pool
-//! when its response body has been read to the end, and is dropped otherwise.
+//! (TLS when a runner's `proxyUrl` is https), one pool per worker. A
+//! connection goes back to the pool when its response body has been read to
+//! the end, and is dropped otherwise; `idle` says which idle ones are reused
+//! and how long they wait.
 //! With `UPSTREAM_MAX_CONNECTIONS`, a request waits (a bounded time) for a
 //! connection to an upstream that has as many as it may.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use http::{Method, Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::sync::Notify;
 use tower_service::Service;
 
 use super::failure::{classify, is_stale, Failure};
+pub use super::idle::Key;
+use super::idle::{self, Idle, Sender};
 pub use super::RequestBody;
 use crate::config::Config;
 use crate::error::ProxyError;
@@ -32,12 +33,6 @@ use crate::http::is_upgrade;
 use crate::metrics::Metrics;
 use crate::timers::{self, KeptTimers};
 
-type Sender = SendRequest<RequestBody>;
-
-/// Idle connections are closed after this, before the usual 60-70 s server
-/// idle timeouts close them under a request.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_IDLE_PER_HOST: usize = 512;
 /// Response-head timers kept for later requests, at most.
 const SPARE_TIMERS: usize = 256;
 
@@ -56,58 +51,6 @@ pub struct Pool {
     /// next ones (each worker has its pool, so its own timers).
     timers: KeptTimers,
     metrics: Arc<Metrics>,
-}
-
-/// An upstream host. Compared and hashed as the bytes of its authority, in
-/// one call: `Authority`'s own `Hash` lowercases it byte by byte, which made
-/// the pool's two lookups a request cost 1.4k instructions. A runner's URL
-/// is spelled one way, so nothing is lost.
-#[derive(Clone)]
-pub struct Key {
-    https: bool,
-    authority: Authority,
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Key) -> bool {
-        self.https == other.https && self.authority.as_str() == other.authority.as_str()
-    }
-}
-
-impl Eq for Key {}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.https.hash(state);
-        self.authority.as_str().hash(state);
-    }
-}
-
-#[derive(Default)]
-struct Idle {
-    hosts: HashMap<Key, VecDeque<(Sender, Instant)>, ahash::RandomState>,
-    swept: Option<Instant>,
-    /// Open connections per host, counted only under a cap.
-    open: HashMap<Key, usize, ahash::RandomState>,
-}
-
-impl Idle {
-    /// The newest idle connection to `key` that is still open (`now`: a
-    /// clock reading the caller has).
-    fn take(&mut self, key: &Key, now: Instant) -> Option<Sender> {
-        let conns = self.hosts.get_mut(key)?;
-        while let Some((sender, since)) = conns.pop_back() {
-            if now.saturating_duration_since(since) >= IDLE_TIMEOUT {
-                // Everything older is older still.
-                conns.clear();
-                break;
-            }
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
-    }
 }
 
 /// One connection counted under the cap, until it closes.
@@ -154,20 +97,7 @@ impl Lease {
     /// The response was read to its end: the connection can carry another.
     pub fn release(self) {
         let now = crate::clock::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.swept.is_none_or(|t| now.duration_since(t) > IDLE_TIMEOUT) {
-            idle.swept = Some(now);
-            idle.hosts.retain(|_, conns| {
-                conns.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
-                !conns.is_empty()
-            });
-        }
-        let conns = idle.hosts.entry(self.key).or_default();
-        if conns.len() >= MAX_IDLE_PER_HOST {
-            conns.pop_front();
-        }
-        conns.push_back((self.sender, now));
-        drop(idle);
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).put(self.key, self.sender, now);
         if let Some(freed) = self.freed {
             freed.notify_one();
         }
@@ -193,8 +123,8 @@ impl Pool {
         let counted = Arc::downgrade(&idle);
         metrics.idle_source(Box::new(move || {
             let Some(idle) = counted.upgrade() else { return 0 };
-            let idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.hosts.values().flatten().filter(|(sender, _)| !sender.is_closed()).count()
+            let count = idle.lock().unwrap_or_else(|e| e.into_inner()).count();
+            count
         }));
         Pool {
             connector,
@@ -215,7 +145,7 @@ impl Pool {
     pub fn address(&self, uri: &mut http::Uri, port: Port, direct: bool) -> Result<Key, ProxyError> {
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             // Started here, on the worker's own runtime, at the first request.
-            tokio::spawn(sweep(Arc::downgrade(&self.idle)));
+            tokio::spawn(idle::sweep(Arc::downgrade(&self.idle)));
         }
         let key = match uri.authority() {
             Some(authority) => Key { https: uri.scheme() == Some(&Scheme::HTTPS), authority: authority.clone() },
@@ -369,23 +299,6 @@ impl Pool {
             }
         });
         Ok(sender)
-    }
-}
-
-/// Closes idle connections older than [`IDLE_TIMEOUT`] even when no request
-/// comes to notice them, so a quiet proxy holds no sockets (or their
-/// buffers) it does not need. Ends with the pool.
-async fn sweep(idle: std::sync::Weak<Mutex<Idle>>) {
-    loop {
-        tokio::time::sleep(IDLE_TIMEOUT).await;
-        let Some(idle) = idle.upgrade() else { return };
-        let now = Instant::now();
-        let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.swept = Some(now);
-        idle.hosts.retain(|_, conns| {
-            conns.retain(|(s, since)| !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
-            !conns.is_empty()
-        });
     }
 }
 
