@@ -120,12 +120,16 @@ fn main() -> ExitCode {
 /// Lines are written by a thread of their own through a buffer, so a worker
 /// never waits on a `write` per access line; none is dropped (a writer that
 /// falls behind slows the workers instead). Access lines go to the same
-/// writer, formatted by the proxy in the same form. Keep the guard until
-/// exit: it flushes what is left.
+/// writer, formatted by the proxy in the same form, in batches of up to
+/// 16 KiB a worker: 4,096 messages in flight are 64 MiB of access lines at
+/// most (tracing-appender's default of 128,000 made a 4 MiB queue, written
+/// through at start-up, for nothing). Keep the guard until exit: it
+/// flushes what is left.
 fn init_logging(json: bool) -> (Lines, tracing_appender::non_blocking::WorkerGuard) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(4096)
         .finish(std::io::BufWriter::new(std::io::stdout()));
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let lines = Lines::Written { json, out: writer.clone() };
