@@ -105,11 +105,8 @@ impl Idle {
         self.hosts.retain(|_, conns| {
             conns.retain(|(s, since)| !s.is_closed() && now.saturating_duration_since(*since) < IDLE_TIMEOUT);
             let surplus = conns.len().saturating_sub(KEEP_IDLE);
-            let unused = conns
-                .iter()
-                .take(surplus)
-                .take_while(|(_, since)| now.saturating_duration_since(*since) >= SURPLUS_IDLE);
-            let unused = unused.count();
+            let waited = |(_, since): &&(Sender, Instant)| now.saturating_duration_since(*since) >= SURPLUS_IDLE;
+            let unused = conns.iter().take(surplus).take_while(waited).count();
             conns.drain(..unused);
             !conns.is_empty()
         });
