@@ -383,11 +383,7 @@ async fn the_upstream_connections_a_burst_opened_are_closed_soon_after_it() {
     let answers = futures_util::future::join_all((0..BURST).map(|_| get(&proxy, &host, "/"))).await;
     assert!(answers.iter().all(|a| a.status == 200));
     assert_eq!(accepted.load(Ordering::SeqCst), BURST);
-    let idle = || {
-        let text = proxy.proxy.proxy.shared.metrics.render(0);
-        let line = text.lines().find(|l| l.starts_with("preview_proxy_upstream_connections{state=\"idle\"} "));
-        line.expect("the gauge").rsplit(' ').next().unwrap().parse::<f64>().unwrap()
-    };
+    let idle = || gauge(&proxy, "preview_proxy_upstream_connections{state=\"idle\"}");
     assert_eq!(idle(), BURST as f64);
 
     // Surplus connections wait 5 s, and the pool looks every 2.5 s.

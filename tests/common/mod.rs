@@ -548,11 +548,16 @@ pub fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// The value `/metrics` gives `series` (name and labels exactly as written).
+pub fn gauge(proxy: &TestProxy, series: &str) -> f64 {
+    let text = proxy.proxy.proxy.shared.metrics.render(0);
+    let line = text.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')));
+    line.unwrap_or_else(|| panic!("{series} missing")).rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// Idle HTTP/1 connections parked, as `/metrics` counts them.
 pub fn parked(proxy: &TestProxy) -> f64 {
-    let text = proxy.proxy.proxy.shared.metrics.render(0);
-    let line = text.lines().find(|l| l.starts_with("preview_proxy_client_connections_parked ")).expect("the gauge");
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    gauge(proxy, "preview_proxy_client_connections_parked")
 }
 
 /// Polls `check` until it holds, for at most five seconds.
