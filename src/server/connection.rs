@@ -180,17 +180,14 @@ where
 /// and write buffers (16 KiB), is dropped, and the connection waits for
 /// its next request in its worker's [`Lot`], which serves it again in a
 /// new task. It still closes `IDLE_TIMEOUT_SEC` after its last request.
-/// A function returning a boxed future, not an `async fn`: it may start
-/// itself.
+/// A boxed future, not an `async fn`: it may start itself.
 fn serve_http1<I>(conn: Http1<I>) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Each poll is one turn of `clock::now`: a request's readings of the
-    // clock in it are one. Written into its box, as `boxed_in_place`:
-    // `Box::pin` built the future (its size is that of its largest state,
-    // with hyper's connection in it) on the stack and copied it twice, 400
-    // instructions per connection.
+    // Each poll is one turn of `clock::now` (a request's clock readings are
+    // one). Written into its box: `Box::pin` built it (hyper's connection
+    // in it) on the stack and copied it twice, 400 instructions a time.
     let serving = Box::write(
         Box::new_uninit(),
         Turn::new(async move {
