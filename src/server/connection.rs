@@ -187,7 +187,7 @@ where
 {
     // Each poll is one turn of `clock::now` (a request's clock readings are
     // one). Written into its box: `Box::pin` built it (hyper's connection
-    // in it) on the stack and copied it twice, 400 instructions a time.
+    // in it) on the stack and copied it twice, about 200 instructions a copy.
     let serving = Box::write(
         Box::new_uninit(),
         Turn::new(async move {
